@@ -1,0 +1,144 @@
+//! Image decoding: JPEG, PNG and WebP into RGB8 with the EXIF orientation applied.
+//!
+//! Guards against decompression bombs by reading the header first and refusing images whose
+//! pixel count is over [`DecodeOptions::max_pixels`] before any pixel buffer is allocated.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecodeOptions {
+    /// Largest accepted width x height. Default 100 megapixels: above any phone or DSLR photo
+    /// (a 50 MP camera gives 8192x6144), far below the 10^10 pixels of a forged header.
+    pub max_pixels: u64,
+    /// Largest accepted encoded size in bytes. Default 64 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            max_pixels: 100_000_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Decodes `bytes` into an RGB image, applying the EXIF orientation so a portrait phone photo
+/// comes out upright.
+pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > opts.max_bytes {
+        return Err(DecodeError::TooManyBytes {
+            size: bytes.len(),
+            max: opts.max_bytes,
+        });
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => f,
+        Some(other) => return Err(DecodeError::Unsupported(format!("{other:?}"))),
+        None => return Err(DecodeError::Unsupported("unrecognised file signature".into())),
+    };
+    if format == ImageFormat::Jpeg && !jpeg_has_end_of_image(bytes) {
+        // zune-jpeg fills a truncated scan with grey rather than failing; a half-grey photo
+        // would be embedded as garbage, so a missing end marker is treated as corruption.
+        return Err(DecodeError::Corrupt(
+            "JPEG ends before its end-of-image marker (truncated upload?)".into(),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > opts.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            max_pixels: opts.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(DecodeError::Corrupt(format!(
+            "image has no pixels ({width}x{height})"
+        )));
+    }
+    // A missing or malformed EXIF block is not worth rejecting a photo for: keep it unrotated.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+fn map_image_error(e: ImageError) -> DecodeError {
+    match e {
+        ImageError::Unsupported(u) => DecodeError::Unsupported(u.to_string()),
+        ImageError::Limits(l) => DecodeError::Corrupt(format!("decoder limit: {l}")),
+        other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).
+/// Entropy-coded data byte-stuffs every FF, so neither marker can appear inside a scan; an EXIF
+/// thumbnail's own markers come before the main image's scans and do not fool this check.
+fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    match (last_sos, last_eoi) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        // No scan at all: let the decoder produce its own error.
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_garbage_are_rejected() {
+        let opts = DecodeOptions::default();
+        assert!(matches!(decode_image(&[], &opts), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode_image(b"definitely not an image", &opts),
+            Err(DecodeError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn byte_limit_is_enforced() {
+        let opts = DecodeOptions {
+            max_bytes: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_image(&[0xFF, 0xD8, 0xFF, 0xE0, 0], &opts),
+            Err(DecodeError::TooManyBytes { size: 5, max: 4 })
+        ));
+    }
+
+    #[test]
+    fn png_roundtrip_keeps_pixels() {
+        let mut img = RgbImage::new(3, 2);
+        img.put_pixel(2, 1, image::Rgb([10, 20, 30]));
+        let mut buf = Vec::new();
+        img.write_to(&mut Cursor::new(&mut buf), ImageFormat::Png)
+            .expect("encode png");
+        let out = decode_image(&buf, &DecodeOptions::default()).expect("decode png");
+        assert_eq!(out.dimensions(), (3, 2));
+        assert_eq!(out.get_pixel(2, 1).0, [10, 20, 30]);
+    }
+}

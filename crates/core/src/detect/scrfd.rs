@@ -1,0 +1,234 @@
+//! SCRFD (InsightFace's Sample and Computation Redistribution face detector) through ONNX
+//! Runtime, with InsightFace's pre- and post-processing so results match `insightface` 0.7.3.
+
+use std::collections::HashMap;
+
+use image::RgbImage;
+use ndarray::Array4;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::layout::{OutputLayout, TensorRank};
+use super::nms::nms;
+use super::priors::anchor_centers;
+use super::{BBox, Detection, DetectorConfig, FaceDetector, Landmarks};
+use crate::error::ModelError;
+use crate::imgproc::resize_bilinear;
+use crate::runtime::{build_session, model_name, tensor_shape, RuntimeConfig};
+
+/// An SCRFD detector session.
+pub struct Scrfd {
+    session: Session,
+    name: String,
+    cfg: DetectorConfig,
+    layout: OutputLayout,
+    /// `(width, height)` when the model fixes its input size; otherwise the configured square.
+    input_size: (u32, u32),
+    priors: HashMap<u32, Vec<[f32; 2]>>,
+}
+
+impl Scrfd {
+    /// Loads the model and reads its input size and output layout.
+    pub fn new(cfg: DetectorConfig, runtime: &RuntimeConfig) -> Result<Self, ModelError> {
+        let session = build_session(&cfg.model_path, runtime)?;
+        let name = model_name(&cfg.model_path);
+        let layout_err = |reason: String| ModelError::Layout {
+            model: name.clone(),
+            reason,
+        };
+        let [input] = session.inputs() else {
+            return Err(layout_err(format!(
+                "{} inputs, expected one image tensor",
+                session.inputs().len()
+            )));
+        };
+        let input_size = match tensor_shape(input.dtype()) {
+            Some([_, 3, h, w]) if *h > 0 && *w > 0 => (*w as u32, *h as u32),
+            Some([_, 3, _, _]) => (cfg.input_size, cfg.input_size),
+            other => {
+                return Err(layout_err(format!(
+                    "input shape {other:?}, expected [N, 3, H, W]"
+                )))
+            }
+        };
+        if input_size.0 % 32 != 0 || input_size.1 % 32 != 0 || input_size.0 == 0 {
+            return Err(layout_err(format!(
+                "input size {input_size:?} is not a positive multiple of 32"
+            )));
+        }
+        let outputs: Vec<(String, Vec<i64>)> = session
+            .outputs()
+            .iter()
+            .map(|o| {
+                let shape = tensor_shape(o.dtype()).map(<[i64]>::to_vec).unwrap_or_default();
+                (o.name().to_string(), shape)
+            })
+            .collect();
+        let layout = OutputLayout::from_outputs(&name, &outputs)?;
+        let priors = layout
+            .strides
+            .iter()
+            .map(|&s| {
+                let c = anchor_centers(input_size.0, input_size.1, s, layout.anchors_per_cell);
+                (s, c)
+            })
+            .collect();
+        tracing::debug!(model = %name, ?layout, ?input_size, "SCRFD loaded");
+        Ok(Self {
+            session,
+            name,
+            cfg,
+            layout,
+            input_size,
+            priors,
+        })
+    }
+
+    /// The output layout read from the model.
+    pub fn layout(&self) -> &OutputLayout {
+        &self.layout
+    }
+
+    /// The network input `(width, height)`.
+    pub fn input_size(&self) -> (u32, u32) {
+        self.input_size
+    }
+
+    fn infer_err(&self, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Inference {
+            model: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl FaceDetector for Scrfd {
+    fn detect(&mut self, image: &RgbImage) -> Result<Vec<Detection>, ModelError> {
+        let (iw, ih) = self.input_size;
+        let (blob, det_scale) = letterbox_blob(image, iw, ih);
+        let tensor = TensorRef::from_array_view(&blob).map_err(|e| self.infer_err(e))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| ModelError::Inference {
+                model: self.name.clone(),
+                message: e.to_string(),
+            })?;
+
+        let mut dets = Vec::new();
+        let threshold = self.cfg.score_threshold;
+        for (si, &stride) in self.layout.strides.iter().enumerate() {
+            let centers = &self.priors[&stride];
+            let head = |idx: usize, channels: usize| -> Result<&[f32], ModelError> {
+                let (shape, data) = outputs[idx]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| ModelError::Inference {
+                        model: self.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                let anchors = match self.layout.rank {
+                    TensorRank::Batched => shape.get(1),
+                    TensorRank::Unbatched => shape.first(),
+                };
+                if anchors.copied() != Some(centers.len() as i64)
+                    || data.len() < centers.len() * channels
+                {
+                    return Err(ModelError::Layout {
+                        model: self.name.clone(),
+                        reason: format!(
+                            "stride {stride} output has shape {:?}, expected {} anchors x {channels}",
+                            &shape[..],
+                            centers.len()
+                        ),
+                    });
+                }
+                // Only the first image of the batch is used: one image per run.
+                Ok(&data[..centers.len() * channels])
+            };
+            let scores = head(self.layout.scores[si], 1)?;
+            let boxes = head(self.layout.boxes[si], 4)?;
+            let kps = match &self.layout.keypoints {
+                Some(k) => Some(head(k[si], 10)?),
+                None => None,
+            };
+            let s = stride as f32;
+            for (i, &score) in scores.iter().enumerate() {
+                if score < threshold {
+                    continue;
+                }
+                let [cx, cy] = centers[i];
+                let d = &boxes[i * 4..i * 4 + 4];
+                let bbox = BBox {
+                    x1: (cx - d[0] * s) / det_scale,
+                    y1: (cy - d[1] * s) / det_scale,
+                    x2: (cx + d[2] * s) / det_scale,
+                    y2: (cy + d[3] * s) / det_scale,
+                };
+                let landmarks = kps.map(|k| {
+                    let k = &k[i * 10..i * 10 + 10];
+                    let mut lm: Landmarks = [[0.0; 2]; 5];
+                    for (j, p) in lm.iter_mut().enumerate() {
+                        *p = [
+                            (cx + k[2 * j] * s) / det_scale,
+                            (cy + k[2 * j + 1] * s) / det_scale,
+                        ];
+                    }
+                    lm
+                });
+                dets.push(Detection {
+                    bbox,
+                    score,
+                    landmarks,
+                });
+            }
+        }
+        Ok(nms(dets, self.cfg.nms_threshold))
+    }
+}
+
+/// Resizes `image` to fit `iw x ih` keeping its aspect ratio, places it top-left on a black
+/// canvas (InsightFace's letterbox) and normalises to `(x - 127.5) / 128` in NCHW RGB.
+/// Returns the blob and the scale from original to network pixels.
+fn letterbox_blob(image: &RgbImage, iw: u32, ih: u32) -> (Array4<f32>, f32) {
+    let (w, h) = image.dimensions();
+    let im_ratio = f64::from(h) / f64::from(w);
+    let model_ratio = f64::from(ih) / f64::from(iw);
+    let (new_w, new_h) = if im_ratio > model_ratio {
+        (((f64::from(ih) / im_ratio) as u32).max(1), ih)
+    } else {
+        (iw, ((f64::from(iw) * im_ratio) as u32).max(1))
+    };
+    let det_scale = (f64::from(new_h) / f64::from(h)) as f32;
+    let resized = resize_bilinear(image, new_w, new_h);
+    let pad = (0.0 - 127.5) / 128.0;
+    let mut blob = Array4::<f32>::from_elem((1, 3, ih as usize, iw as usize), pad);
+    for (x, y, p) in resized.enumerate_pixels() {
+        for c in 0..3 {
+            blob[[0, c, y as usize, x as usize]] = (f32::from(p.0[c]) - 127.5) / 128.0;
+        }
+    }
+    (blob, det_scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letterbox_keeps_aspect_and_pads_bottom_right() {
+        let img = RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
+        let (blob, scale) = letterbox_blob(&img, 64, 64);
+        assert!((scale - 0.32).abs() < 1e-6);
+        let white = (255.0 - 127.5) / 128.0;
+        let pad = -127.5 / 128.0;
+        assert_eq!(blob[[0, 0, 0, 0]], white);
+        assert_eq!(blob[[0, 2, 31, 63]], white);
+        assert_eq!(blob[[0, 1, 32, 0]], pad);
+        // Tall image: pads on the right.
+        let tall = RgbImage::from_pixel(50, 100, image::Rgb([200, 200, 200]));
+        let (blob, scale) = letterbox_blob(&tall, 64, 64);
+        assert!((scale - 0.64).abs() < 1e-6);
+        assert_eq!(blob[[0, 0, 63, 31]], (200.0 - 127.5) / 128.0);
+        assert_eq!(blob[[0, 0, 63, 32]], pad);
+    }
+}

@@ -1,0 +1,28 @@
+//! facegroup core: turns image bytes into aligned, embedded, quality-scored faces.
+//!
+//! The pipeline is: [`decode`] (EXIF orientation applied, pixel limit) -> [`detect`] (SCRFD through
+//! ONNX Runtime) -> [`align`] (similarity transform to the ArcFace 112x112 template) -> [`embed`]
+//! (ArcFace, L2-normalised 512-d) -> [`quality`] (sharpness, illumination, occlusion, pose, size,
+//! detector score). [`Pipeline`] wires them together; each model role is a small trait so other
+//! detectors or embedders can be swapped in.
+
+pub mod align;
+pub mod imgproc;
+pub mod decode;
+pub mod detect;
+pub mod embed;
+pub mod error;
+pub mod pipeline;
+pub mod quality;
+pub mod runtime;
+
+pub use decode::{decode_image, DecodeOptions};
+pub use detect::{BBox, Detection, DetectorConfig, FaceDetector, Scrfd};
+pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
+pub use error::{DecodeError, Error, ModelError};
+pub use pipeline::{Face, Pipeline, PipelineConfig};
+pub use quality::{Quality, QualityConfig, QualityReason};
+pub use runtime::{ExecutionProvider, RuntimeConfig};
+
+/// Re-exported so callers need not depend on `image` for the pixel type.
+pub use image::RgbImage;
