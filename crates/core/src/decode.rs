@@ -57,17 +57,16 @@ pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, Deco
             "JPEG ends before its end-of-image marker (truncated upload?)".into(),
         ));
     }
+    if format == ImageFormat::Png {
+        // The PNG decoder reads up to the first data chunk before reporting dimensions; a forged
+        // header alone must still be answered as "too large", so read IHDR directly.
+        if let Some((width, height)) = png_dimensions(bytes) {
+            check_pixels(width, height, opts)?;
+        }
+    }
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > opts.max_pixels {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            pixels,
-            max_pixels: opts.max_pixels,
-        });
-    }
+    check_pixels(width, height, opts)?;
     if width == 0 || height == 0 {
         return Err(DecodeError::Corrupt(format!(
             "image has no pixels ({width}x{height})"
@@ -80,6 +79,30 @@ pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, Deco
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+fn check_pixels(width: u32, height: u32, opts: &DecodeOptions) -> Result<(), DecodeError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > opts.max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            max_pixels: opts.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Width and height from a PNG's IHDR chunk, which the format requires to come first.
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(12..24)?;
+    if &ihdr[..4] != b"IHDR" {
+        return None;
+    }
+    let w = u32::from_be_bytes(ihdr[4..8].try_into().ok()?);
+    let h = u32::from_be_bytes(ihdr[8..12].try_into().ok()?);
+    Some((w, h))
 }
 
 fn map_image_error(e: ImageError) -> DecodeError {

@@ -1,0 +1,263 @@
+//! The pipeline on real photos: face counts, identity similarity, EXIF rotation, bad input and
+//! quality measures that must move the right way.
+
+mod common;
+
+use std::io::Cursor;
+
+use facegroup_core::{
+    decode_image, DecodeError, DecodeOptions, Error, ExecutionProvider, FaceDetector, ModelError,
+    Pipeline, RgbImage, Scrfd,
+};
+use image::ImageFormat;
+
+fn faces_in(pipeline: &mut Pipeline, name: &str) -> Vec<facegroup_core::Face> {
+    pipeline
+        .analyze_bytes(&common::image_bytes(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .1
+}
+
+#[test]
+fn group_photos_give_the_known_face_counts() {
+    let mut p = common::pipeline();
+    assert_eq!(faces_in(&mut p, "t1.jpg").len(), 6);
+    assert_eq!(faces_in(&mut p, "players.jpg").len(), 22);
+}
+
+#[test]
+fn same_person_is_close_and_different_person_is_far() {
+    let mut p = common::pipeline();
+    let emb = |p: &mut Pipeline, n: &str| {
+        let faces = faces_in(p, n);
+        assert_eq!(faces.len(), 1, "{n}");
+        faces[0].embedding.clone()
+    };
+    let obama = [
+        emb(&mut p, "obama.jpg"),
+        emb(&mut p, "obama2.jpg"),
+        emb(&mut p, "obama3.jpg"),
+    ];
+    let biden = emb(&mut p, "biden.jpg");
+    for e in &obama {
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "embedding norm {norm}");
+        assert_eq!(e.len(), 512);
+        let c = common::cos(e, &biden);
+        assert!(c < 0.35, "obama vs biden cosine {c}");
+    }
+    for i in 0..3 {
+        for j in i + 1..3 {
+            let c = common::cos(&obama[i], &obama[j]);
+            assert!(c >= 0.5, "obama {i} vs {j} cosine {c}");
+        }
+    }
+}
+
+#[test]
+fn exif_rotated_photo_is_turned_upright() {
+    let bytes = common::image_bytes("obama.jpg");
+    let upright = decode_image(&bytes, &DecodeOptions::default()).expect("decode");
+    // Orientation 6 means "rotate 90 degrees clockwise to display", so the stored pixels are
+    // the upright photo turned 90 degrees counter-clockwise, as a phone held sideways saves it.
+    let stored = image::imageops::rotate270(&upright);
+    let rotated = with_exif_orientation(&encode_jpeg(&stored), 6);
+
+    let decoded = decode_image(&rotated, &DecodeOptions::default()).expect("decode rotated");
+    assert_eq!(decoded.dimensions(), upright.dimensions());
+
+    let mut p = common::pipeline();
+    let original = p.analyze(&upright).expect("analyze upright");
+    let (_, faces) = p.analyze_bytes(&rotated).expect("analyze rotated");
+    assert_eq!(faces.len(), 1);
+    let c = common::cos(&faces[0].embedding, &original[0].embedding);
+    assert!(c >= 0.98, "rotated copy cosine {c}");
+
+    // Without the EXIF tag the sideways photo is what a naive decoder sees.
+    let sideways = p.analyze(&stored).expect("analyze sideways");
+    let best = sideways
+        .iter()
+        .map(|f| common::cos(&f.embedding, &original[0].embedding))
+        .fold(-1.0f32, f32::max);
+    assert!(best < 0.98, "sideways copy should not embed like the upright face ({best})");
+}
+
+#[test]
+fn truncated_jpeg_is_a_clear_error() {
+    let bytes = common::image_bytes("obama.jpg");
+    let cut = &bytes[..bytes.len() / 2];
+    match decode_image(cut, &DecodeOptions::default()) {
+        Err(DecodeError::Corrupt(msg)) => assert!(msg.contains("truncated"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let mut p = common::pipeline();
+    let err = p.analyze_bytes(cut).expect_err("truncated input must fail");
+    assert!(err.is_bad_input());
+    assert!(matches!(err, Error::Decode(_)));
+}
+
+#[test]
+fn decompression_bomb_header_is_refused_before_allocating() {
+    let png = png_header(100_000, 100_000);
+    match decode_image(&png, &DecodeOptions::default()) {
+        Err(DecodeError::TooLarge {
+            width: 100_000,
+            height: 100_000,
+            ..
+        }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn blur_lowers_sharpness_and_darkening_lowers_brightness() {
+    let img = decode_image(&common::image_bytes("obama.jpg"), &DecodeOptions::default())
+        .expect("decode");
+    let mut p = common::pipeline();
+    let base = &p.analyze(&img).expect("analyze")[0].quality;
+
+    let blurred = image::imageops::blur(&img, 4.0);
+    let q_blur = &p.analyze(&blurred).expect("analyze blurred")[0].quality;
+    assert!(
+        q_blur.sharpness < base.sharpness * 0.5,
+        "blurred sharpness {} vs original {}",
+        q_blur.sharpness,
+        base.sharpness
+    );
+
+    let mut dark = img.clone();
+    for px in dark.pixels_mut() {
+        px.0 = px.0.map(|v| (f32::from(v) * 0.3) as u8);
+    }
+    let q_dark = &p.analyze(&dark).expect("analyze dark")[0].quality;
+    assert!(
+        q_dark.brightness < base.brightness * 0.5,
+        "dark brightness {} vs original {}",
+        q_dark.brightness,
+        base.brightness
+    );
+    assert!(q_dark
+        .reasons
+        .contains(&facegroup_core::QualityReason::LowBrightness));
+    assert!(base.passes(), "obama.jpg should pass quality: {:?}", base.reasons);
+}
+
+#[test]
+fn batching_across_images_gives_the_same_faces() {
+    let opts = DecodeOptions::default();
+    let a = decode_image(&common::image_bytes("obama.jpg"), &opts).expect("decode");
+    let b = decode_image(&common::image_bytes("t1.jpg"), &opts).expect("decode");
+    let mut p = common::pipeline();
+    let batched = p.analyze_batch(&[&a, &b]).expect("batch");
+    let single = [p.analyze(&a).expect("a"), p.analyze(&b).expect("b")];
+    for (bf, sf) in batched.iter().zip(&single) {
+        assert_eq!(bf.len(), sf.len());
+        for (x, y) in bf.iter().zip(sf) {
+            assert!(common::cos(&x.embedding, &y.embedding) > 0.9999);
+        }
+    }
+}
+
+#[test]
+fn unbatched_detector_layout_gives_the_same_detections() {
+    // The same SCRFD network with its batch axis squeezed away, i.e. the [A, C] output layout
+    // of InsightFace's buffalo packs; scripts/setup.sh makes it with the `onnx` package.
+    let squeezed = common::repo_root().join("testdata/models/scrfd_500m_bnkps_unbatched.onnx");
+    assert!(
+        squeezed.is_file(),
+        "{} missing: run scripts/setup.sh",
+        squeezed.display()
+    );
+    let cfg = common::config();
+    let mut batched = Scrfd::new(cfg.detector.clone(), &cfg.runtime).expect("batched model");
+    let mut unbatched_cfg = cfg.detector.clone();
+    unbatched_cfg.model_path = squeezed;
+    let mut unbatched = Scrfd::new(unbatched_cfg, &cfg.runtime).expect("unbatched model");
+    assert_ne!(batched.layout().rank, unbatched.layout().rank);
+    let img = decode_image(&common::image_bytes("t1.jpg"), &DecodeOptions::default())
+        .expect("decode");
+    let a = batched.detect(&img).expect("detect");
+    let b = unbatched.detect(&img).expect("detect");
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn cuda_requested_on_a_cpu_only_runtime_fails_loudly() {
+    let mut cfg = common::config();
+    cfg.runtime.provider = ExecutionProvider::Cuda { device_id: 0 };
+    match Pipeline::new(&cfg) {
+        Err(ModelError::ExecutionProvider { provider, .. }) => assert_eq!(provider, "cuda:0"),
+        Err(other) => panic!("expected an execution-provider error, got {other}"),
+        Ok(_) => panic!("CUDA must not silently fall back to CPU"),
+    }
+}
+
+#[test]
+fn missing_model_names_the_file() {
+    let mut cfg = common::config();
+    cfg.detector.model_path = "models/does-not-exist.onnx".into();
+    match Pipeline::new(&cfg) {
+        Err(ModelError::ModelMissing { path }) => {
+            assert!(path.ends_with("does-not-exist.onnx"))
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a missing model must fail"),
+    }
+}
+
+fn encode_jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut buf = Vec::new();
+    img.write_to(&mut Cursor::new(&mut buf), ImageFormat::Jpeg)
+        .expect("encode jpeg");
+    buf
+}
+
+/// Inserts a minimal EXIF APP1 segment holding only the Orientation tag after the SOI marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\0\x2a\0\0\0\x08"); // big-endian, IFD at offset 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A PNG signature and IHDR chunk claiming `w x h` RGB pixels, with no image data.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

