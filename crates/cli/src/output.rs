@@ -1,0 +1,153 @@
+//! The files `facegroup run` writes into its output folder:
+//!
+//! - `faces.jsonl`: one record per face (box, keypoints, score, quality, embedding);
+//! - `images.jsonl`: one record per image, `"status": "ok"` or `"failed"` with the error;
+//! - `crops/<image path>.<face index>.jpg`: each face's aligned crop.
+//!
+//! Records follow the sorted image order, so two runs over the same folder give identical files.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use facegroup_core::{Face, Quality};
+use serde::Serialize;
+
+use crate::engine::ImageResult;
+
+/// Folder under the output folder holding the face crops.
+pub const CROPS_DIR: &str = "crops";
+
+/// Identifier of a face in every output: `<image relpath>#<index>`.
+pub fn face_id(image: &str, index: usize) -> String {
+    format!("{image}#{index}")
+}
+
+/// Crop location relative to the output folder. Appending `.<index>.jpg` to the image's own
+/// relative path keeps names unique without any escaping and mirrors the photo folder layout.
+pub fn crop_path(image: &str, index: usize) -> String {
+    format!("{CROPS_DIR}/{image}.{index}.jpg")
+}
+
+/// Writes every face crop of one image as JPEG under `out_dir`.
+pub fn write_crops(out_dir: &Path, image: &str, faces: &[Face]) -> Result<()> {
+    for face in faces {
+        let path = out_dir.join(crop_path(image, face.index));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        face.crop
+            .save_with_format(&path, image::ImageFormat::Jpeg)
+            .with_context(|| format!("cannot write crop {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `faces.jsonl` and `images.jsonl`; `names[i]` is the relative name of `results[i]`.
+pub fn write_records(out_dir: &Path, names: &[String], results: &[ImageResult]) -> Result<()> {
+    let mut faces = JsonLines::create(out_dir.join("faces.jsonl"))?;
+    let mut images = JsonLines::create(out_dir.join("images.jsonl"))?;
+    for (name, result) in names.iter().zip(results) {
+        match &result.outcome {
+            Ok(analyzed) => {
+                for face in &analyzed.faces {
+                    faces.write(&FaceRecord::new(name, face))?;
+                }
+                images.write(&ImageRecord {
+                    image: name,
+                    width: Some(analyzed.width),
+                    height: Some(analyzed.height),
+                    faces: analyzed.faces.len(),
+                    status: "ok",
+                    error: None,
+                })?;
+            }
+            Err(error) => images.write(&ImageRecord {
+                image: name,
+                width: None,
+                height: None,
+                faces: 0,
+                status: "failed",
+                error: Some(error),
+            })?,
+        }
+    }
+    faces.finish()?;
+    images.finish()
+}
+
+#[derive(Serialize)]
+struct FaceRecord<'a> {
+    face_id: String,
+    image: &'a str,
+    index: usize,
+    /// `[x1, y1, x2, y2]` in pixels of the upright image.
+    bbox: [f32; 4],
+    /// Left eye, right eye, nose, left and right mouth corner.
+    landmarks: &'a [[f32; 2]; 5],
+    score: f32,
+    quality: &'a Quality,
+    /// Unit length: the dot product of two embeddings is their cosine similarity.
+    embedding: &'a [f32],
+    /// The crop's path relative to the output folder.
+    crop: String,
+}
+
+impl<'a> FaceRecord<'a> {
+    fn new(image: &'a str, face: &'a Face) -> Self {
+        let b = &face.bbox;
+        Self {
+            face_id: face_id(image, face.index),
+            image,
+            index: face.index,
+            bbox: [b.x1, b.y1, b.x2, b.y2],
+            landmarks: &face.landmarks,
+            score: face.score,
+            quality: &face.quality,
+            embedding: &face.embedding,
+            crop: crop_path(image, face.index),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ImageRecord<'a> {
+    image: &'a str,
+    width: Option<u32>,
+    height: Option<u32>,
+    faces: usize,
+    status: &'static str,
+    error: Option<&'a str>,
+}
+
+/// A buffered JSON Lines file that names itself in every error.
+struct JsonLines {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonLines {
+    fn create(path: PathBuf) -> Result<Self> {
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            path,
+            out: BufWriter::new(file),
+        })
+    }
+
+    fn write(&mut self, record: &impl Serialize) -> Result<()> {
+        serde_json::to_writer(&mut self.out, record)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(self.out.write_all(b"\n")?))
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}

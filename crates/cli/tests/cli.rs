@@ -1,0 +1,237 @@
+//! End-to-end tests of the `facegroup` binary on real photos and models (fetched by
+//! `scripts/setup.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[test]
+fn run_writes_faces_images_crops_and_report() {
+    let photos = TempDir::new("photos");
+    copy_test_image("obama.jpg", &photos.0);
+    copy_test_image("t1.jpg", &photos.0);
+    // A JPEG cut in half: must be reported as failed, not stop the run.
+    let jpeg = read_test_image("obama.jpg");
+    write(&photos.0.join("bad.jpg"), &jpeg[..jpeg.len() / 2]);
+    write(&photos.0.join("notes.txt"), b"not a photo");
+    let out = TempDir::new("out");
+
+    let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
+        .arg("--threads")
+        .arg("2")
+        .output()
+        .expect("start facegroup");
+    assert_success(&output);
+
+    let faces = read_jsonl(&out.0.join("faces.jsonl"));
+    assert_eq!(faces.len(), 7, "faces: {faces:?}");
+    for face in &faces {
+        let emb: Vec<f64> = face["embedding"]
+            .as_array()
+            .expect("embedding array")
+            .iter()
+            .map(|v| v.as_f64().expect("embedding number"))
+            .collect();
+        assert_eq!(emb.len(), 512);
+        let norm = emb.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+        let crop = face["crop"].as_str().expect("crop path");
+        assert!(out.0.join(crop).is_file(), "missing crop {crop}");
+        assert_eq!(face["bbox"].as_array().map(Vec::len), Some(4));
+        assert_eq!(face["landmarks"].as_array().map(Vec::len), Some(5));
+        assert!(face["quality"]["sharpness"].is_number());
+    }
+    let ids: Vec<&str> = faces.iter().filter_map(|f| f["face_id"].as_str()).collect();
+    assert_eq!(ids[0], "obama.jpg#0");
+    assert!(
+        ids[1..].iter().all(|id| id.starts_with("t1.jpg#")),
+        "{ids:?}"
+    );
+
+    let images = read_jsonl(&out.0.join("images.jsonl"));
+    let names: Vec<&str> = images.iter().filter_map(|i| i["image"].as_str()).collect();
+    assert_eq!(names, ["bad.jpg", "obama.jpg", "t1.jpg"]);
+    assert_eq!(images[0]["status"], "failed");
+    assert!(images[0]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(images[1]["status"], "ok");
+    assert_eq!(images[1]["faces"], 1);
+
+    let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
+    assert!(report.contains("bad.jpg"));
+    assert_eq!(report.matches("<img src=\"crops/").count(), 7);
+    assert!(!report.contains("http://") && !report.contains("https://"));
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("2 images ok, 1 failed, 7 faces"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn missing_model_is_fatal_and_named() {
+    let photos = TempDir::new("photos");
+    copy_test_image("obama.jpg", &photos.0);
+    let out = TempDir::new("out");
+    let models = TempDir::new("no-models");
+
+    let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
+        .arg("--models-dir")
+        .arg(&models.0)
+        .output()
+        .expect("start facegroup");
+
+    assert!(!output.status.success(), "run without models succeeded");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("scrfd_500m_bnkps.onnx"), "stderr: {stderr}");
+    assert!(stderr.contains("not found"), "stderr: {stderr}");
+}
+
+#[test]
+fn bench_prints_the_json_the_comparison_script_reads() {
+    let photos = TempDir::new("bench");
+    copy_test_image("obama.jpg", &photos.0);
+    let output = facegroup(&[
+        "bench",
+        path_str(&photos.0),
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+    ])
+    .args(["--threads", "1", "--json"])
+    .output()
+    .expect("start facegroup");
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let keys: Vec<&str> = line
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = [
+        "impl",
+        "threads",
+        "images",
+        "faces",
+        "seconds",
+        "images_per_s",
+        "faces_per_s",
+        "peak_rss_mib",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    assert_eq!(line["impl"], "facegroup");
+    assert_eq!(line["threads"], 1);
+    assert_eq!(line["images"], 2);
+    assert_eq!(line["faces"], 2);
+}
+
+// ---- helpers ----
+
+/// The binary with the repo's models and the ONNX Runtime library, whatever the caller's cwd.
+fn facegroup(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_facegroup"));
+    cmd.args(args)
+        .arg("--ort-dylib")
+        .arg(ort_dylib())
+        .env("RUST_LOG", "warn")
+        .env_remove("FACEGROUP_THREADS")
+        .env_remove("FACEGROUP_SESSIONS")
+        .current_dir(repo_root());
+    cmd
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "facegroup failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("FACEGROUP_TEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("testdata/images"))
+}
+
+/// `ORT_DYLIB_PATH`, or the library inside the setup script's virtualenv.
+fn ort_dylib() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let lib = repo_root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries.flatten().find_map(|py| {
+            let capi = py.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).ok()?.flatten().find_map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                name.starts_with("libonnxruntime.so.").then(|| f.path())
+            })
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup.sh")
+    })
+}
+
+fn read_test_image(name: &str) -> Vec<u8> {
+    let path = images_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `python3 scripts/fetch.py images` (or scripts/setup.sh)",
+            path.display()
+        )
+    })
+}
+
+fn copy_test_image(name: &str, dir: &Path) {
+    write(&dir.join(name), &read_test_image(name));
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp path is UTF-8")
+}
+
+fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// A fresh folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "facegroup-cli-test-{}-{n}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
