@@ -7,11 +7,12 @@
 //! detectors or embedders can be swapped in.
 
 pub mod align;
-pub mod imgproc;
 pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod error;
+pub mod group;
+pub mod imgproc;
 pub mod pipeline;
 pub mod quality;
 pub mod runtime;
@@ -20,6 +21,9 @@ pub use decode::{decode_image, DecodeOptions};
 pub use detect::{BBox, Detection, DetectorConfig, FaceDetector, Scrfd};
 pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
 pub use error::{DecodeError, Error, ModelError};
+pub use group::{
+    assign_new_faces, group_faces, FaceInput, GroupConfig, GroupError, Groups, KnnConfig, Person,
+};
 pub use pipeline::{Face, Pipeline, PipelineConfig};
 pub use quality::{Quality, QualityConfig, QualityReason};
 pub use runtime::{ExecutionProvider, RuntimeConfig};

@@ -1,0 +1,200 @@
+//! Average-linkage agglomerative clustering on the sparse kNN graph, with cannot-link.
+//!
+//! Why average linkage: connected components (single linkage) merges two people as soon as one
+//! pair of their faces looks alike, so one blurry or look-alike face chains whole identities
+//! together. Average linkage merges two clusters only when their faces agree *on average*,
+//! which a single stray pair cannot achieve, yet a person's hard faces (profile, make-up, age)
+//! still join because they are judged against the whole cluster, not against one face.
+//!
+//! Why it is cheap: for unit vectors the mean pairwise cosine of clusters A and B is
+//! `dot(sum A, sum B) / (|A| |B|)`, so the *exact* average linkage of any two clusters costs
+//! one d-dimensional dot product given each cluster's embedding sum. The kNN graph only
+//! decides which clusters are compared (those joined by an edge at or above the threshold,
+//! since a mean at or above it needs at least one pair at or above it); the linkage itself is
+//! never truncated by `k`, so large clusters are not penalised for pairs outside the graph.
+//!
+//! Cannot-link: clusters sharing a photo never merge. Clusters only grow, so once two
+//! clusters conflict every later pair containing them conflicts too, and a conflicting
+//! candidate can simply be dropped.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use super::dot;
+use super::knn::KnnGraph;
+
+/// Faces to cluster: `data` holds unit embeddings row-major, `images[i]` the photo of face `i`,
+/// `seeds[i]` whether face `i` takes part (low-quality faces do not).
+pub struct HacInput<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+    pub images: &'a [u32],
+    pub seeds: &'a [bool],
+    pub graph: &'a KnnGraph,
+    pub threshold: f32,
+}
+
+/// Merges clusters in decreasing order of average linkage until none reaches the threshold.
+/// Returns each face's cluster root (the smallest face index of its cluster); faces that are not
+/// seeds map to themselves.
+pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
+    let HacInput {
+        data,
+        dim,
+        images,
+        seeds,
+        graph,
+        threshold,
+    } = *input;
+    let n = images.len();
+    let mut state = State {
+        sums: data.to_vec(),
+        dim,
+        size: vec![1; n],
+        photos: images.iter().map(|&p| vec![p]).collect(),
+        version: vec![0; n],
+        parent: (0..n).collect(),
+    };
+    let mut adjacent: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for i in (0..n).filter(|&i| seeds[i]) {
+        for (j, s) in graph.row(i) {
+            if seeds[j] && s >= threshold && images[i] != images[j] {
+                adjacent[i].push(j as u32);
+                adjacent[j].push(i as u32);
+            }
+        }
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, adj) in adjacent.iter_mut().enumerate() {
+        adj.sort_unstable();
+        adj.dedup();
+        for &j in adj.iter().filter(|&&j| (j as usize) > i) {
+            state.push_if_close(&mut heap, i, j as usize, threshold);
+        }
+    }
+
+    while let Some(c) = heap.pop() {
+        let (a, b) = (c.a as usize, c.b as usize);
+        let stale = state.parent[a] != a
+            || state.parent[b] != b
+            || state.version[a] != c.version_a
+            || state.version[b] != c.version_b;
+        if stale || state.share_photo(a, b) {
+            continue;
+        }
+        // Keep the smaller index as the cluster's id so results do not depend on heap order.
+        let (keep, gone) = (a.min(b), a.max(b));
+        state.merge(keep, gone);
+        let mut merged = std::mem::take(&mut adjacent[keep]);
+        merged.append(&mut adjacent[gone]);
+        merged.retain(|&c| {
+            let c = c as usize;
+            c != keep && c != gone && state.parent[c] == c
+        });
+        merged.sort_unstable();
+        merged.dedup();
+        for &c in &merged {
+            adjacent[c as usize].push(keep as u32);
+            state.push_if_close(&mut heap, keep, c as usize, threshold);
+        }
+        adjacent[keep] = merged;
+    }
+    // A merge always points the larger index at the smaller, so parents precede children and
+    // one increasing pass resolves every root.
+    let mut roots: Vec<usize> = state.parent;
+    for i in 0..n {
+        roots[i] = roots[roots[i]];
+    }
+    roots
+}
+
+struct State {
+    sums: Vec<f32>,
+    dim: usize,
+    size: Vec<u32>,
+    /// Sorted photo ids of each live cluster.
+    photos: Vec<Vec<u32>>,
+    version: Vec<u32>,
+    parent: Vec<usize>,
+}
+
+impl State {
+    fn linkage(&self, a: usize, b: usize) -> f32 {
+        let d = self.dim;
+        let s = dot(
+            &self.sums[a * d..(a + 1) * d],
+            &self.sums[b * d..(b + 1) * d],
+        );
+        s / (self.size[a] as f32 * self.size[b] as f32)
+    }
+
+    fn share_photo(&self, a: usize, b: usize) -> bool {
+        let (small, large) = if self.photos[a].len() <= self.photos[b].len() {
+            (&self.photos[a], &self.photos[b])
+        } else {
+            (&self.photos[b], &self.photos[a])
+        };
+        small.iter().any(|p| large.binary_search(p).is_ok())
+    }
+
+    fn push_if_close(&self, heap: &mut BinaryHeap<Candidate>, a: usize, b: usize, threshold: f32) {
+        let linkage = self.linkage(a, b);
+        if linkage >= threshold && !self.share_photo(a, b) {
+            heap.push(Candidate {
+                linkage,
+                a: a.min(b) as u32,
+                b: a.max(b) as u32,
+                version_a: self.version[a.min(b)],
+                version_b: self.version[a.max(b)],
+            });
+        }
+    }
+
+    fn merge(&mut self, keep: usize, gone: usize) {
+        let d = self.dim;
+        let (head, tail) = self.sums.split_at_mut(gone * d);
+        for (x, y) in head[keep * d..(keep + 1) * d].iter_mut().zip(&tail[..d]) {
+            *x += y;
+        }
+        self.size[keep] += self.size[gone];
+        let gone_photos = std::mem::take(&mut self.photos[gone]);
+        let photos = &mut self.photos[keep];
+        photos.extend(gone_photos);
+        photos.sort_unstable();
+        self.version[keep] += 1;
+        self.parent[gone] = keep;
+    }
+}
+
+/// A possible merge; the heap pops the highest linkage, ties broken by smaller indices so the
+/// order is fully determined by the input.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    linkage: f32,
+    a: u32,
+    b: u32,
+    version_a: u32,
+    version_b: u32,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.linkage
+            .total_cmp(&other.linkage)
+            .then_with(|| (other.a, other.b).cmp(&(self.a, self.b)))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
