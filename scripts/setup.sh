@@ -30,7 +30,10 @@ mkdir -p .cache
 {
     echo "export ORT_DYLIB_PATH=\"$ORT_DYLIB_PATH\""
 } > .cache/env.sh
-if [ -f scripts/install-faiss.sh ]; then
-    bash scripts/install-faiss.sh >> .cache/env.sh
+# FAISS's C API, linked statically into the grouping code (as root it lands in /usr/local/lib,
+# on the linker's default path; otherwise in .cache/faiss, added to LIBRARY_PATH below).
+bash scripts/install-faiss.sh
+if [ -d .cache/faiss/lib ]; then
+    echo "export LIBRARY_PATH=\"$PWD/.cache/faiss/lib\${LIBRARY_PATH:+:\$LIBRARY_PATH}\"" >> .cache/env.sh
 fi
 echo "ok       set-up done; environment in .cache/env.sh"

@@ -60,7 +60,10 @@ pub fn similarity_transform(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Affine {
     }
     if den <= f64::EPSILON {
         // All keypoints coincide: no rotation or scale can be recovered.
-        return [[1.0, 0.0, (dmx - smx) as f32], [0.0, 1.0, (dmy - smy) as f32]];
+        return [
+            [1.0, 0.0, (dmx - smx) as f32],
+            [0.0, 1.0, (dmy - smy) as f32],
+        ];
     }
     let a = num_a / den;
     let b = num_b / den;
@@ -94,7 +97,10 @@ mod tests {
     #[test]
     fn recovers_a_known_similarity() {
         // dst = 1.5 * R(30deg) * src + (10, -4)
-        let (c, s) = (30f32.to_radians().cos() * 1.5, 30f32.to_radians().sin() * 1.5);
+        let (c, s) = (
+            30f32.to_radians().cos() * 1.5,
+            30f32.to_radians().sin() * 1.5,
+        );
         let src = ARCFACE_TEMPLATE;
         let dst = src.map(|[x, y]| [c * x - s * y + 10.0, s * x + c * y - 4.0]);
         let m = similarity_transform(&src, &dst);

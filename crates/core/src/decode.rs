@@ -48,7 +48,11 @@ pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, Deco
     let format = match reader.format() {
         Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => f,
         Some(other) => return Err(DecodeError::Unsupported(format!("{other:?}"))),
-        None => return Err(DecodeError::Unsupported("unrecognised file signature".into())),
+        None => {
+            return Err(DecodeError::Unsupported(
+                "unrecognised file signature".into(),
+            ))
+        }
     };
     if format == ImageFormat::Jpeg && !jpeg_has_end_of_image(bytes) {
         // zune-jpeg fills a truncated scan with grey rather than failing; a half-grey photo

@@ -103,10 +103,7 @@ pub fn invert_affine(m: &[[f32; 3]; 2]) -> [[f32; 3]; 2] {
         return [[0.0; 3]; 2];
     }
     let (ia, ib, id, ie) = (e / det, -b / det, -d / det, a / det);
-    [
-        [ia, ib, -(ia * c + ib * f)],
-        [id, ie, -(id * c + ie * f)],
-    ]
+    [[ia, ib, -(ia * c + ib * f)], [id, ie, -(id * c + ie * f)]]
 }
 
 fn round_u8(v: f32) -> u8 {

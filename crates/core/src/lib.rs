@@ -11,6 +11,7 @@ pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod error;
+pub mod graph_rewrite;
 pub mod group;
 pub mod imgproc;
 pub mod pipeline;

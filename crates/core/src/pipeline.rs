@@ -122,7 +122,9 @@ impl Pipeline {
         let mut pending: Vec<(usize, Detection, Landmarks, RgbImage, Affine)> = Vec::new();
         for (i, image) in images.iter().enumerate() {
             for det in self.detector.detect(image)? {
-                let landmarks = det.landmarks.unwrap_or_else(|| landmarks_from_box(&det.bbox));
+                let landmarks = det
+                    .landmarks
+                    .unwrap_or_else(|| landmarks_from_box(&det.bbox));
                 let (crop, transform) = align_face(image, &landmarks, size);
                 pending.push((i, det, landmarks, crop, transform));
             }

@@ -138,8 +138,14 @@ pub fn assess(det: &Detection, crop: &RgbImage, cfg: &QualityConfig) -> Quality 
         }
     };
     flag(sharpness < cfg.min_sharpness, QualityReason::LowSharpness);
-    flag(photo.mean < cfg.min_brightness, QualityReason::LowBrightness);
-    flag(photo.mean > cfg.max_brightness, QualityReason::HighBrightness);
+    flag(
+        photo.mean < cfg.min_brightness,
+        QualityReason::LowBrightness,
+    );
+    flag(
+        photo.mean > cfg.max_brightness,
+        QualityReason::HighBrightness,
+    );
     flag(photo.std < cfg.min_contrast, QualityReason::LowContrast);
     flag(
         photo.highlights + photo.shadows > cfg.max_clipped,
@@ -149,7 +155,10 @@ pub fn assess(det: &Detection, crop: &RgbImage, cfg: &QualityConfig) -> Quality 
         yaw.abs() > cfg.max_yaw || pitch.abs() > cfg.max_pitch,
         QualityReason::ExtremePose,
     );
-    flag(face_size < cfg.min_face_size, QualityReason::SmallBoundingBox);
+    flag(
+        face_size < cfg.min_face_size,
+        QualityReason::SmallBoundingBox,
+    );
     flag(det.score < cfg.min_det_score, QualityReason::LowConfidence);
     flag(occlusion > cfg.max_occlusion, QualityReason::Occluded);
 
@@ -198,7 +207,9 @@ fn laplacian_variance(gray: &[f32], w: u32, (x0, y0, x1, y1): (u32, u32, u32, u3
     for y in (y0 as usize).max(1)..(y1 as usize).min(gray.len() / w.max(1) - 1) {
         for x in (x0 as usize).max(1)..(x1 as usize).min(w - 1) {
             let c = gray[y * w + x];
-            let l = gray[y * w + x - 1] + gray[y * w + x + 1] + gray[(y - 1) * w + x]
+            let l = gray[y * w + x - 1]
+                + gray[y * w + x + 1]
+                + gray[(y - 1) * w + x]
                 + gray[(y + 1) * w + x]
                 - 4.0 * c;
             sum += f64::from(l);
@@ -281,11 +292,7 @@ pub fn pose(l: &[[f32; 2]; 5]) -> (f32, f32, f32) {
 
 /// Occlusion score in [0, 1] from keypoint consistency (see the module docs).
 fn occlusion(det: &Detection, l: &[[f32; 2]; 5]) -> f32 {
-    let outside = l
-        .iter()
-        .filter(|p| !det.bbox.contains(p[0], p[1]))
-        .count() as f32
-        / 5.0;
+    let outside = l.iter().filter(|p| !det.bbox.contains(p[0], p[1])).count() as f32 / 5.0;
     let m = similarity_transform(l, &ARCFACE_TEMPLATE);
     let rms = (l
         .iter()
@@ -348,7 +355,11 @@ mod tests {
     #[test]
     fn flat_dark_crop_fails_light_and_sharpness() {
         let img = RgbImage::from_pixel(112, 112, image::Rgb([10, 10, 10]));
-        let q = assess(&det_with(ARCFACE_TEMPLATE, 0.55), &img, &QualityConfig::default());
+        let q = assess(
+            &det_with(ARCFACE_TEMPLATE, 0.55),
+            &img,
+            &QualityConfig::default(),
+        );
         for r in [
             QualityReason::LowSharpness,
             QualityReason::LowBrightness,

@@ -113,8 +113,16 @@ pub fn environment(dylib_path: Option<&Path>) -> Result<Environment, ModelError>
     Ok(ENV.get_or_init(|| env).clone())
 }
 
-/// Builds a session for `model` with the configured provider and thread count.
-pub(crate) fn build_session(model: &Path, cfg: &RuntimeConfig) -> Result<Session, ModelError> {
+/// An exact rewrite of a model's bytes before loading; `Ok(None)` keeps the original.
+pub(crate) type GraphRewrite = fn(&[u8]) -> Result<Option<Vec<u8>>, String>;
+
+/// Builds a session for `model` with the configured provider and thread count, optionally
+/// passing the model through `rewrite` first.
+pub(crate) fn build_session(
+    model: &Path,
+    cfg: &RuntimeConfig,
+    rewrite: Option<GraphRewrite>,
+) -> Result<Session, ModelError> {
     if !model.is_file() {
         return Err(ModelError::ModelMissing {
             path: model.to_path_buf(),
@@ -148,6 +156,23 @@ pub(crate) fn build_session(model: &Path, cfg: &RuntimeConfig) -> Result<Session
                 message: e.to_string(),
             })?,
     };
+    if let Some(rewrite) = rewrite {
+        let bytes = std::fs::read(model).map_err(|e| load_err(e.to_string()))?;
+        match rewrite(&bytes) {
+            Ok(Some(edited)) => {
+                tracing::debug!(model = %model.display(), "loading rewritten graph");
+                return builder
+                    .commit_from_memory(&edited)
+                    .map_err(|e| load_err(e.to_string()));
+            }
+            Ok(None) => {}
+            // The rewrite is an optimisation only: a model it cannot parse still loads as is.
+            Err(e) => tracing::warn!(model = %model.display(), error = %e, "graph rewrite skipped"),
+        }
+        return builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| load_err(e.to_string()));
+    }
     builder
         .commit_from_file(model)
         .map_err(|e| load_err(e.to_string()))
@@ -174,7 +199,10 @@ mod tests {
 
     #[test]
     fn provider_parses() {
-        assert_eq!("cpu".parse::<ExecutionProvider>(), Ok(ExecutionProvider::Cpu));
+        assert_eq!(
+            "cpu".parse::<ExecutionProvider>(),
+            Ok(ExecutionProvider::Cpu)
+        );
         assert_eq!(
             "CUDA".parse::<ExecutionProvider>(),
             Ok(ExecutionProvider::Cuda { device_id: 0 })
@@ -185,6 +213,9 @@ mod tests {
         );
         assert!("tpu".parse::<ExecutionProvider>().is_err());
         assert!("cuda:x".parse::<ExecutionProvider>().is_err());
-        assert_eq!(ExecutionProvider::Cuda { device_id: 1 }.to_string(), "cuda:1");
+        assert_eq!(
+            ExecutionProvider::Cuda { device_id: 1 }.to_string(),
+            "cuda:1"
+        );
     }
 }

@@ -24,7 +24,11 @@ fn matches_insightface_on_every_test_image() {
     let reference: Value = serde_json::from_str(include_str!("data/insightface_reference.json"))
         .expect("reference JSON");
     let images = reference["images"].as_object().expect("images");
-    assert!(images.len() >= 8, "reference covers {} images", images.len());
+    assert!(
+        images.len() >= 8,
+        "reference covers {} images",
+        images.len()
+    );
     let mut pipeline = common::pipeline();
     let (mut worst_iou, mut worst_kps, mut worst_cos) = (1.0f32, 0.0f32, 1.0f32);
     for (name, expected) in images {
@@ -70,9 +74,14 @@ fn matches_insightface_on_every_test_image() {
                 .landmarks
                 .iter()
                 .enumerate()
-                .map(|(j, p)| ((p[0] - kps[2 * j]).powi(2) + (p[1] - kps[2 * j + 1]).powi(2)).sqrt())
+                .map(|(j, p)| {
+                    ((p[0] - kps[2 * j]).powi(2) + (p[1] - kps[2 * j + 1]).powi(2)).sqrt()
+                })
                 .fold(0.0f32, f32::max);
-            assert!(kps_err <= MAX_KPS_PX, "{name} face {k}: keypoints off by {kps_err} px");
+            assert!(
+                kps_err <= MAX_KPS_PX,
+                "{name} face {k}: keypoints off by {kps_err} px"
+            );
             let c = common::cos(&face.embedding, &f32s(&rf["embedding"]));
             assert!(c >= MIN_COS, "{name} face {k}: embedding cosine {c}");
             worst_iou = worst_iou.min(iou);

@@ -79,7 +79,10 @@ fn exif_rotated_photo_is_turned_upright() {
         .iter()
         .map(|f| common::cos(&f.embedding, &original[0].embedding))
         .fold(-1.0f32, f32::max);
-    assert!(best < 0.98, "sideways copy should not embed like the upright face ({best})");
+    assert!(
+        best < 0.98,
+        "sideways copy should not embed like the upright face ({best})"
+    );
 }
 
 #[test]
@@ -111,8 +114,8 @@ fn decompression_bomb_header_is_refused_before_allocating() {
 
 #[test]
 fn blur_lowers_sharpness_and_darkening_lowers_brightness() {
-    let img = decode_image(&common::image_bytes("obama.jpg"), &DecodeOptions::default())
-        .expect("decode");
+    let img =
+        decode_image(&common::image_bytes("obama.jpg"), &DecodeOptions::default()).expect("decode");
     let mut p = common::pipeline();
     let base = &p.analyze(&img).expect("analyze")[0].quality;
 
@@ -139,7 +142,11 @@ fn blur_lowers_sharpness_and_darkening_lowers_brightness() {
     assert!(q_dark
         .reasons
         .contains(&facegroup_core::QualityReason::LowBrightness));
-    assert!(base.passes(), "obama.jpg should pass quality: {:?}", base.reasons);
+    assert!(
+        base.passes(),
+        "obama.jpg should pass quality: {:?}",
+        base.reasons
+    );
 }
 
 #[test]
@@ -174,8 +181,8 @@ fn unbatched_detector_layout_gives_the_same_detections() {
     unbatched_cfg.model_path = squeezed;
     let mut unbatched = Scrfd::new(unbatched_cfg, &cfg.runtime).expect("unbatched model");
     assert_ne!(batched.layout().rank, unbatched.layout().rank);
-    let img = decode_image(&common::image_bytes("t1.jpg"), &DecodeOptions::default())
-        .expect("decode");
+    let img =
+        decode_image(&common::image_bytes("t1.jpg"), &DecodeOptions::default()).expect("decode");
     let a = batched.detect(&img).expect("detect");
     let b = unbatched.detect(&img).expect("detect");
     assert_eq!(a.len(), 6);

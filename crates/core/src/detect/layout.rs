@@ -69,7 +69,11 @@ impl OutputLayout {
         let rank = match ranks.as_slice() {
             [3, ..] if ranks.iter().all(|&r| r == 3) => TensorRank::Batched,
             [2, ..] if ranks.iter().all(|&r| r == 2) => TensorRank::Unbatched,
-            _ => return Err(err(format!("output ranks {ranks:?}; expected all 2 or all 3"))),
+            _ => {
+                return Err(err(format!(
+                    "output ranks {ranks:?}; expected all 2 or all 3"
+                )))
+            }
         };
 
         let named = outputs
@@ -111,7 +115,10 @@ impl OutputLayout {
                     if head == Head::Kps && !with_kps {
                         continue;
                     }
-                    return Err(err(format!("no output for a head of stride {}", strides[si])));
+                    return Err(err(format!(
+                        "no output for a head of stride {}",
+                        strides[si]
+                    )));
                 };
                 let shape = &outputs[idx].1;
                 let c = shape.last().copied().unwrap_or(-1);
@@ -157,7 +164,9 @@ mod tests {
     use super::*;
 
     fn outs(spec: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
-        spec.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect()
+        spec.iter()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect()
     }
 
     #[test]

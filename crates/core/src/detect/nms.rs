@@ -66,7 +66,10 @@ mod tests {
     #[test]
     fn low_overlap_survives() {
         let out = nms(
-            vec![det(0.0, 0.0, 10.0, 10.0, 0.9), det(8.0, 0.0, 18.0, 10.0, 0.8)],
+            vec![
+                det(0.0, 0.0, 10.0, 10.0, 0.9),
+                det(8.0, 0.0, 18.0, 10.0, 0.8),
+            ],
             0.4,
         );
         assert_eq!(out.len(), 2);

@@ -53,7 +53,8 @@ pub fn ort_dylib() -> PathBuf {
 }
 
 pub fn config() -> PipelineConfig {
-    let mut cfg = PipelineConfig::with_models(&models_dir(), "scrfd_500m_bnkps.onnx", "w600k_mbf.onnx");
+    let mut cfg =
+        PipelineConfig::with_models(&models_dir(), "scrfd_500m_bnkps.onnx", "w600k_mbf.onnx");
     cfg.runtime.dylib_path = Some(ort_dylib());
     cfg
 }
