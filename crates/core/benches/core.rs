@@ -62,6 +62,14 @@ fn stages(c: &mut Criterion) {
     g.bench_function("embed x6 (one batch)", |b| {
         b.iter(|| emb.embed(&crop_refs).expect("embed"))
     });
+    g.bench_function("embed x6 (six batches of one)", |b| {
+        b.iter(|| {
+            crop_refs
+                .iter()
+                .map(|c| emb.embed(&[*c]).expect("embed"))
+                .count()
+        })
+    });
     let mut pipeline = Pipeline::new(&cfg).expect("pipeline");
     g.bench_function("end to end", |b| {
         b.iter(|| pipeline.analyze_bytes(&bytes).expect("analyze"))

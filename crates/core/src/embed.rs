@@ -10,7 +10,9 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::runtime::{build_session, model_name, tensor_shape, GraphRewrite, RuntimeConfig};
+use crate::runtime::{
+    build_session, model_name, tensor_shape, ExecutionProvider, GraphRewrite, RuntimeConfig,
+};
 
 /// Length of an ArcFace embedding.
 pub const EMBEDDING_DIM: usize = 512;
@@ -30,8 +32,10 @@ pub trait FaceEmbedder: Send {
 pub struct EmbedderConfig {
     /// ArcFace ONNX file.
     pub model_path: PathBuf,
-    /// Most crops per inference call. Default 32: big enough to amortise per-call overhead,
-    /// small enough that a 100-face group photo does not allocate a huge tensor at once.
+    /// Most crops per inference call; 0 (the default) picks by provider: 1 on the CPU, where
+    /// ONNX Runtime runs a batch image by image anyway and single crops stay in cache (measured
+    /// 70 ms for six single calls vs 79 ms for one batch of six, w600k_mbf, one thread), and 32
+    /// on CUDA, where batching is what keeps the GPU busy.
     pub max_batch: usize,
     /// Pixel normalisation `(x - mean) / std`; InsightFace's w600k models use 127.5 / 127.5.
     pub input_mean: f32,
@@ -45,7 +49,7 @@ impl Default for EmbedderConfig {
     fn default() -> Self {
         Self {
             model_path: PathBuf::from("models/w600k_mbf.onnx"),
-            max_batch: 32,
+            max_batch: 0,
             input_mean: 127.5,
             input_std: 127.5,
             rewrite_prelu: true,
@@ -61,6 +65,8 @@ pub struct ArcFace {
     input_size: u32,
     /// The model's batch size when it is fixed (some exports pin it to 1).
     fixed_batch: Option<usize>,
+    /// Crops per inference call after resolving `max_batch`'s automatic value.
+    batch: usize,
 }
 
 impl ArcFace {
@@ -83,12 +89,18 @@ impl ArcFace {
                 })
             }
         };
+        let batch = match (cfg.max_batch, runtime.provider) {
+            (0, ExecutionProvider::Cpu) => 1,
+            (0, ExecutionProvider::Cuda { .. }) => 32,
+            (n, _) => n,
+        };
         Ok(Self {
             session,
             name,
             cfg,
             input_size,
             fixed_batch,
+            batch,
         })
     }
 
@@ -139,7 +151,7 @@ impl FaceEmbedder for ArcFace {
     }
 
     fn embed(&mut self, crops: &[&RgbImage]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let chunk = self.fixed_batch.unwrap_or(self.cfg.max_batch.max(1));
+        let chunk = self.fixed_batch.unwrap_or(self.batch);
         let mut out = Vec::with_capacity(crops.len());
         for part in crops.chunks(chunk) {
             out.extend(self.run_batch(part)?);
