@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// Merge thresholds to try instead of the default (comma-separated): a parameter sweep.
     #[arg(long, value_delimiter = ',')]
     pub merge_thresholds: Vec<f32>,
+    /// Pair thresholds to try instead of the default (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub pair_thresholds: Vec<f32>,
     /// Attach thresholds to try instead of the default (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub attach_thresholds: Vec<f32>,
@@ -90,10 +93,20 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     } else {
         args.attach_thresholds.iter().copied().map(Some).collect()
     };
+    let pairs = if args.pair_thresholds.is_empty() {
+        vec![base.pair_threshold]
+    } else {
+        args.pair_thresholds.clone()
+    };
     print_header();
-    for &merge in &merges {
-        for &attach in &attaches {
+    for (&pair, &merge, &attach) in pairs
+        .iter()
+        .flat_map(|p| merges.iter().map(move |m| (p, m)))
+        .flat_map(|(p, m)| attaches.iter().map(move |a| (p, m, a)))
+    {
+        {
             let mut cfg = base.clone();
+            cfg.pair_threshold = pair;
             cfg.merge_threshold = merge;
             cfg.attach_threshold = attach.unwrap_or(if merges.len() > 1 {
                 merge
@@ -109,8 +122,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let started = Instant::now();
             let predicted = facegroup_labels(&faces, items.len(), &cfg)?;
             let name = format!(
-                "facegroup (merge {:.3}, attach {:.3}, min {})",
-                cfg.merge_threshold, cfg.attach_threshold, cfg.min_cluster_size
+                "facegroup (pair {:.2} merge {:.3} attach {:.3} min {})",
+                cfg.pair_threshold, cfg.merge_threshold, cfg.attach_threshold, cfg.min_cluster_size
             );
             print_row(&name, &truth, &predicted, started);
         }
@@ -136,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     print_row(
         "connected components, cos >= 0.5",
         &truth,
-        &spread(baselines::connected_components(&near, 1)),
+        &spread(baselines::connected_components(&near, 2)),
         started,
     );
     let started = Instant::now();

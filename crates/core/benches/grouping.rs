@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use facegroup_core::group::hac::{average_linkage, HacInput};
-use facegroup_core::group::{baselines, GroupConfig, KnnGraph};
+use facegroup_core::group::{baselines, GroupConfig, KnnGraph, MergeThreshold};
 
 const DIM: usize = 512;
 
@@ -111,7 +111,10 @@ fn main() {
             images: &images,
             seeds: &seeds,
             graph: &graph,
-            threshold: cfg.merge_threshold,
+            threshold: MergeThreshold {
+                pair: cfg.pair_threshold,
+                floor: cfg.merge_threshold,
+            },
         });
         let hac_s = t.elapsed().as_secs_f64();
         let hac_persons = count_groups(roots.iter().map(|&r| Some(r)));

@@ -67,7 +67,10 @@ fn same_person_across_photos_and_never_within_one() {
     let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
 
     let obama = person_of(&groups, &main_face("obama.jpg"));
-    assert!(obama.is_some(), "obama.jpg's face is in no person: {groups:#?}");
+    assert!(
+        obama.is_some(),
+        "obama.jpg's face is in no person: {groups:#?}"
+    );
     assert_eq!(person_of(&groups, &main_face("obama2.jpg")), obama);
     assert_eq!(person_of(&groups, &main_face("obama3.jpg")), obama);
     assert_ne!(person_of(&groups, &main_face("biden.jpg")), obama);
@@ -78,18 +81,32 @@ fn same_person_across_photos_and_never_within_one() {
         let n = photos.len();
         photos.sort_unstable();
         photos.dedup();
-        assert_eq!(photos.len(), n, "{} holds two faces of one photo: {p:?}", p.person_id);
+        assert_eq!(
+            photos.len(),
+            n,
+            "{} holds two faces of one photo: {p:?}",
+            p.person_id
+        );
     }
     let group_photo_faces = faces
         .iter()
         .filter(|f| f.image_id == "t1.jpg" || f.image_id == "players.jpg")
         .count();
-    assert!(group_photo_faces >= 4, "group photos should show several faces");
+    assert!(
+        group_photo_faces >= 4,
+        "group photos should show several faces"
+    );
 }
 
 #[test]
 fn regrouping_with_one_more_photo_keeps_person_ids() {
-    let before_photos = ["obama.jpg", "obama2.jpg", "biden.jpg", "t1.jpg", "players.jpg"];
+    let before_photos = [
+        "obama.jpg",
+        "obama2.jpg",
+        "biden.jpg",
+        "t1.jpg",
+        "players.jpg",
+    ];
     let cfg = GroupConfig::default();
     let before = group_faces(&faces_of(&before_photos), &cfg, None).expect("grouping");
     let obama_before = person_of(&before, &main_face("obama.jpg"))
@@ -97,8 +114,14 @@ fn regrouping_with_one_more_photo_keeps_person_ids() {
         .to_owned();
 
     let after = group_faces(&faces_of(&PHOTOS), &cfg, Some(&before)).expect("regrouping");
-    assert_eq!(person_of(&after, &main_face("obama.jpg")), Some(obama_before.as_str()));
-    assert_eq!(person_of(&after, &main_face("obama3.jpg")), Some(obama_before.as_str()));
+    assert_eq!(
+        person_of(&after, &main_face("obama.jpg")),
+        Some(obama_before.as_str())
+    );
+    assert_eq!(
+        person_of(&after, &main_face("obama3.jpg")),
+        Some(obama_before.as_str())
+    );
     for p in &before.persons {
         let kept = after.persons.iter().find(|q| q.person_id == p.person_id);
         let kept = kept.unwrap_or_else(|| panic!("{} vanished: {after:#?}", p.person_id));

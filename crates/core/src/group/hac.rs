@@ -9,8 +9,8 @@
 //! Why it is cheap: for unit vectors the mean pairwise cosine of clusters A and B is
 //! `dot(sum A, sum B) / (|A| |B|)`, so the *exact* average linkage of any two clusters costs
 //! one d-dimensional dot product given each cluster's embedding sum. The kNN graph only
-//! decides which clusters are compared (those joined by an edge at or above the threshold,
-//! since a mean at or above it needs at least one pair at or above it); the linkage itself is
+//! decides which clusters are compared (those joined by an edge at or above the lowest
+//! threshold, since a mean at or above it needs at least one pair at or above it); the linkage is
 //! never truncated by `k`, so large clusters are not penalised for pairs outside the graph.
 //!
 //! Cannot-link: clusters sharing a photo never merge. Clusters only grow, so once two
@@ -31,10 +31,37 @@ pub struct HacInput<'a> {
     pub images: &'a [u32],
     pub seeds: &'a [bool],
     pub graph: &'a KnnGraph,
-    pub threshold: f32,
+    pub threshold: MergeThreshold,
 }
 
-/// Merges clusters in decreasing order of average linkage until none reaches the threshold.
+/// The average linkage two clusters need to merge, by their sizes.
+///
+/// Why it depends on size: the mean similarity of two clusters of different people is an
+/// average over |A| |B| pairs, so its spread around the (near zero) mean shrinks roughly as
+/// 1 / sqrt(|A| |B|), while two halves of one person keep their typical similarity however
+/// large they are. Two single faces therefore need strong evidence (`pair`, where look-alike
+/// strangers are the risk), large clusters only a clear margin (`floor`, where a person's
+/// varied poses, ages and make-up are the risk):
+/// `floor + (pair - floor) / sqrt(|A| |B|)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergeThreshold {
+    pub pair: f32,
+    pub floor: f32,
+}
+
+impl MergeThreshold {
+    pub fn at(&self, size_a: u32, size_b: u32) -> f32 {
+        let scale = (size_a as f32 * size_b as f32).max(1.0).sqrt();
+        self.floor + (self.pair - self.floor).max(0.0) / scale
+    }
+
+    /// The lowest threshold any pair of clusters can face.
+    pub fn lowest(&self) -> f32 {
+        self.floor.min(self.pair)
+    }
+}
+
+/// Merges clusters in decreasing order of average linkage until no pair reaches its threshold.
 /// Returns each face's cluster root (the smallest face index of its cluster); faces that are not
 /// seeds map to themselves.
 pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
@@ -58,7 +85,7 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
     let mut adjacent: Vec<Vec<u32>> = vec![Vec::new(); n];
     for i in (0..n).filter(|&i| seeds[i]) {
         for (j, s) in graph.row(i) {
-            if seeds[j] && s >= threshold && images[i] != images[j] {
+            if seeds[j] && s >= threshold.lowest() && images[i] != images[j] {
                 adjacent[i].push(j as u32);
                 adjacent[j].push(i as u32);
             }
@@ -137,9 +164,15 @@ impl State {
         small.iter().any(|p| large.binary_search(p).is_ok())
     }
 
-    fn push_if_close(&self, heap: &mut BinaryHeap<Candidate>, a: usize, b: usize, threshold: f32) {
+    fn push_if_close(
+        &self,
+        heap: &mut BinaryHeap<Candidate>,
+        a: usize,
+        b: usize,
+        threshold: MergeThreshold,
+    ) {
         let linkage = self.linkage(a, b);
-        if linkage >= threshold && !self.share_photo(a, b) {
+        if linkage >= threshold.at(self.size[a], self.size[b]) && !self.share_photo(a, b) {
             heap.push(Candidate {
                 linkage,
                 a: a.min(b) as u32,
