@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 source .cache/env.sh
+bash scripts/check-deploy.sh   # deployment files: cfn-lint, CLI shapes, compose, hadolint
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
