@@ -86,7 +86,14 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let cfg = GroupConfig::default();
+    let mut cfg = GroupConfig::default();
+    // Index knobs for experiments; the defaults are what production uses.
+    if let Some(v) = env_usize("FACEGROUP_BENCH_NPROBE") {
+        cfg.knn.ivf_nprobe = v;
+    }
+    if let Some(v) = env_usize("FACEGROUP_BENCH_EXACT_MAX") {
+        cfg.knn.exact_max = v;
+    }
     println!(
         "| faces | kNN graph (k={}) | index | avg-linkage HAC | persons | conn. components | persons | peak RSS |",
         cfg.knn.k
@@ -132,6 +139,10 @@ fn main() {
             peak_rss_mib()
         );
     }
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// Groups with at least two members.

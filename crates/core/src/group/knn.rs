@@ -53,11 +53,7 @@ pub struct KnnGraph {
 
 impl KnnGraph {
     pub fn len(&self) -> usize {
-        if self.k == 0 {
-            0
-        } else {
-            self.neighbours.len() / self.k
-        }
+        self.neighbours.len().checked_div(self.k).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,8 +135,14 @@ fn search(
         ivf.set_nprobe(cfg.ivf_nprobe.clamp(1, nlist) as u32);
         // FAISS trains k-means with a fixed seed on a seeded subsample (at most 256 points per
         // list), so the index, and hence the graph, is the same on every run.
+        let started = std::time::Instant::now();
         ivf.train(data).map_err(faiss_err)?;
         ivf.add(data).map_err(faiss_err)?;
+        tracing::debug!(
+            nlist,
+            secs = started.elapsed().as_secs_f64(),
+            "IVF index trained"
+        );
         run_search(ivf.upcast(), data, k, cfg)?
     };
     Ok((

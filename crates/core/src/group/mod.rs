@@ -10,6 +10,18 @@
 //!
 //! Output is deterministic: faces are processed in `face_id` order whatever the input order, and
 //! every tie is broken by that order.
+//!
+//! Measured (`facegroup eval-groups ../shared/faces/<set>`, SCRFD-500M + w600k_mbf, default
+//! parameters; pairwise P/R/F, BCubed P/R/F):
+//!
+//! | set | facegroup | connected components cos >= 0.5 | DBSCAN eps 0.5, min 3 | Immich-style |
+//! |---|---|---|---|---|
+//! | celeba-dev | 1.000/0.925/0.961, 1.000/0.917/0.957 | 1.000/0.855/0.922, 1.000/0.846/0.916 | 1.000/0.854/0.922, 1.000/0.844/0.915 | 1.000/0.747/0.855, 1.000/0.748/0.856 |
+//! | lfw-dev | 0.985/0.990/0.988, 0.991/0.986/0.988 | 0.999/0.976/0.988, 0.998/0.966/0.982 | 0.999/0.965/0.982, 0.999/0.909/0.952 | 0.999/0.942/0.970, 0.999/0.893/0.943 |
+//!
+//! Speed (`cargo bench -p facegroup-core --bench grouping`, 2 shared CPU cores): 10k faces:
+//! graph 3.0 s (exact), clustering 0.09 s; 100k: graph 183 s (IVF, nprobe 32; 86 s at
+//! nprobe 8), clustering 2.1 s, 560 MiB peak. Memory is O(N (d + k)).
 
 pub mod baselines;
 pub mod hac;
