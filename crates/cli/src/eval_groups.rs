@@ -108,11 +108,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let mut cfg = base.clone();
             cfg.pair_threshold = pair;
             cfg.merge_threshold = merge;
-            cfg.attach_threshold = attach.unwrap_or(if merges.len() > 1 {
-                merge
-            } else {
-                base.attach_threshold
-            });
+            cfg.attach_threshold = attach.unwrap_or(base.attach_threshold);
             if let Some(m) = args.min_cluster_size {
                 cfg.min_cluster_size = m;
             }
