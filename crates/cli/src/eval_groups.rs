@@ -302,7 +302,7 @@ fn embed_all(args: &EvalArgs, dataset: &Path, items: &[Item]) -> Result<Vec<Opti
                         if let Ok(mut r) = results.lock() {
                             r[i] = face;
                         }
-                        if (i + 1) % 500 == 0 {
+                        if (i + 1).is_multiple_of(500) {
                             eprintln!(
                                 "embedded {}/{} photos in {:.0} s",
                                 i + 1,

@@ -7,6 +7,7 @@ mod args;
 mod bench;
 mod engine;
 mod eval_groups;
+mod grouping;
 mod output;
 mod report;
 mod run;

@@ -1,11 +1,12 @@
 //! The files `facegroup run` writes into its output folder:
 //!
-//! - `faces.jsonl`: one record per face (box, keypoints, score, quality, embedding);
+//! - `faces.jsonl`: one record per face (box, keypoints, score, quality, embedding, person);
 //! - `images.jsonl`: one record per image, `"status": "ok"` or `"failed"` with the error;
 //! - `crops/<image path>.<face index>.jpg`: each face's aligned crop.
 //!
 //! Records follow the sorted image order, so two runs over the same folder give identical files.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -46,14 +47,20 @@ pub fn write_crops(out_dir: &Path, image: &str, faces: &[Face]) -> Result<()> {
 }
 
 /// Writes `faces.jsonl` and `images.jsonl`; `names[i]` is the relative name of `results[i]`.
-pub fn write_records(out_dir: &Path, names: &[String], results: &[ImageResult]) -> Result<()> {
+/// `persons` maps face ids to person ids (empty when grouping is off).
+pub fn write_records(
+    out_dir: &Path,
+    names: &[String],
+    results: &[ImageResult],
+    persons: &HashMap<String, String>,
+) -> Result<()> {
     let mut faces = JsonLines::create(out_dir.join("faces.jsonl"))?;
     let mut images = JsonLines::create(out_dir.join("images.jsonl"))?;
     for (name, result) in names.iter().zip(results) {
         match &result.outcome {
             Ok(analyzed) => {
                 for face in &analyzed.faces {
-                    faces.write(&FaceRecord::new(name, face))?;
+                    faces.write(&FaceRecord::new(name, face, persons))?;
                 }
                 images.write(&ImageRecord {
                     image: name,
@@ -93,13 +100,17 @@ struct FaceRecord<'a> {
     embedding: &'a [f32],
     /// The crop's path relative to the output folder.
     crop: String,
+    /// The person the face was grouped into; null when unassigned or not grouped.
+    person_id: Option<&'a str>,
 }
 
 impl<'a> FaceRecord<'a> {
-    fn new(image: &'a str, face: &'a Face) -> Self {
+    fn new(image: &'a str, face: &'a Face, persons: &'a HashMap<String, String>) -> Self {
         let b = &face.bbox;
+        let id = face_id(image, face.index);
         Self {
-            face_id: face_id(image, face.index),
+            person_id: persons.get(&id).map(String::as_str),
+            face_id: id,
             image,
             index: face.index,
             bbox: [b.x1, b.y1, b.x2, b.y2],

@@ -6,6 +6,9 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use std::collections::HashMap;
+
+use facegroup_core::group::Groups;
 use facegroup_core::Face;
 
 use crate::engine::ImageResult;
@@ -17,15 +20,6 @@ pub struct RunInfo {
     pub detector: String,
     pub embedder: String,
     pub seconds: f64,
-}
-
-/// Faces grouped by person, as the grouping step will produce them: face ids (see
-/// [`face_id`]) per person, and the faces no person claimed.
-#[expect(dead_code, reason = "filled in once grouping lands")]
-#[derive(Debug, Clone, Default)]
-pub struct Groups {
-    pub persons: Vec<Vec<String>>,
-    pub unassigned: Vec<String>,
 }
 
 /// Writes `report.html` into `out_dir`; `names[i]` is the relative name of `results[i]`.
@@ -51,18 +45,69 @@ pub fn render(
     let mut html = String::with_capacity(16 * 1024);
     html.push_str(HEAD);
     render_summary(&mut html, info, results);
-    render_groups(&mut html, groups);
+    render_groups(&mut html, groups, names, results);
     render_images(&mut html, names, results);
     render_failures(&mut html, names, results);
     html.push_str("</body>\n</html>\n");
     html
 }
 
-/// GROUPING HOOK: the grouping issue adds here one row of face crops per person, unassigned
-/// faces last, above the per-image sections. Without groups the page has no such section.
-fn render_groups(html: &mut String, groups: Option<&Groups>) {
-    let Some(_groups) = groups else { return };
-    html.push_str("<h2>People</h2>\n<!-- TODO(grouping): one row of crops per person -->\n");
+/// One row of face crops per person, largest first, its representative face first; faces no
+/// person claimed come last.
+fn render_groups(
+    html: &mut String,
+    groups: Option<&Groups>,
+    names: &[String],
+    results: &[ImageResult],
+) {
+    let Some(groups) = groups else { return };
+    let faces: HashMap<String, (&str, &Face)> = names
+        .iter()
+        .zip(results)
+        .filter_map(|(name, r)| r.outcome.as_ref().ok().map(|a| (name, a)))
+        .flat_map(|(name, a)| {
+            a.faces
+                .iter()
+                .map(move |f| (face_id(name, f.index), (name.as_str(), f)))
+        })
+        .collect();
+    let _ = writeln!(
+        html,
+        "<h2 id=\"people\">People ({})</h2>",
+        groups.persons.len()
+    );
+    for person in &groups.persons {
+        let _ = write!(
+            html,
+            "<section class=\"person\">\n<h3>{} <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+            escape(&person.person_id),
+            person.face_ids.len()
+        );
+        let ordered = std::iter::once(&person.representative).chain(
+            person
+                .face_ids
+                .iter()
+                .filter(|f| **f != person.representative),
+        );
+        for id in ordered {
+            // Faces of an earlier run in the same folder may no longer be in this one.
+            if let Some((image, face)) = faces.get(id) {
+                render_face(html, image, face);
+            }
+        }
+        html.push_str("</div>\n</section>\n");
+    }
+    let _ = write!(
+        html,
+        "<section class=\"person\">\n<h3>Unassigned <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+        groups.unassigned.len()
+    );
+    for id in &groups.unassigned {
+        if let Some((image, face)) = faces.get(id) {
+            render_face(html, image, face);
+        }
+    }
+    html.push_str("</div>\n</section>\n");
 }
 
 // `write!` into a `String` cannot fail, so its results are ignored throughout.

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
+use crate::grouping::{self, GroupMode};
 use crate::{output, report};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +21,9 @@ pub struct RunArgs {
     /// Output folder (created if missing; existing files are overwritten).
     #[arg(long, short, env = "FACEGROUP_OUT")]
     pub out: PathBuf,
+    /// Grouping of faces into persons (written to groups.json).
+    #[arg(long, env = "FACEGROUP_GROUP_MODE", value_enum, default_value_t = GroupMode::Full)]
+    pub group_mode: GroupMode,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -54,14 +58,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .iter()
         .map(|r| relative_name(&args.photos_dir, &r.path))
         .collect();
-    output::write_records(out, &names, &results)?;
+    let groups = grouping::group_and_write(out, &names, &results, args.group_mode)?;
+    let persons = grouping::person_of(groups.as_ref());
+    output::write_records(out, &names, &results, &persons)?;
     let info = report::RunInfo {
         detector: file_name(&cfg.pipeline.detector.model_path),
         embedder: file_name(&cfg.pipeline.embedder.model_path),
         seconds,
     };
-    report::write(out, &info, &names, &results, None)?;
-    print_summary(&results, seconds, out);
+    report::write(out, &info, &names, &results, groups.as_ref())?;
+    print_summary(&results, groups.as_ref(), seconds, out);
     log_stage_times(&engine);
     Ok(())
 }
@@ -101,15 +107,27 @@ fn progress_bar(len: usize) -> ProgressBar {
     bar
 }
 
-fn print_summary(results: &[ImageResult], seconds: f64, out: &Path) {
+fn print_summary(
+    results: &[ImageResult],
+    groups: Option<&facegroup_core::group::Groups>,
+    seconds: f64,
+    out: &Path,
+) {
     let failed = results.iter().filter(|r| r.outcome.is_err()).count();
     let faces: usize = results
         .iter()
         .filter_map(|r| r.outcome.as_ref().ok())
         .map(|a| a.faces.len())
         .sum();
+    let persons = groups.map_or_else(String::new, |g| {
+        format!(
+            ", {} persons ({} faces unassigned)",
+            g.persons.len(),
+            g.unassigned.len()
+        )
+    });
     println!(
-        "{} images ok, {failed} failed, {faces} faces in {seconds:.2} s ({:.2} images/s); output in {}",
+        "{} images ok, {failed} failed, {faces} faces{persons} in {seconds:.2} s ({:.2} images/s); output in {}",
         results.len() - failed,
         results.len() as f64 / seconds.max(1e-9),
         out.display()

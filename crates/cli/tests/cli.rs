@@ -58,7 +58,13 @@ fn run_writes_faces_images_crops_and_report() {
 
     let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
     assert!(report.contains("bad.jpg"));
-    assert_eq!(report.matches("<img src=\"crops/").count(), 7);
+    let (people, images_part) = report
+        .split_once("<h2>Images</h2>")
+        .expect("report has an Images section");
+    assert_eq!(images_part.matches("<img src=\"crops/").count(), 7);
+    // Seven different people (t1.jpg's six can never merge): all unassigned, listed last.
+    assert!(people.contains("People (0)"), "{people}");
+    assert_eq!(people.matches("<img src=\"crops/").count(), 7);
     assert!(!report.contains("http://") && !report.contains("https://"));
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -66,6 +72,54 @@ fn run_writes_faces_images_crops_and_report() {
         stdout.contains("2 images ok, 1 failed, 7 faces"),
         "{stdout}"
     );
+}
+
+#[test]
+fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
+    let photos = TempDir::new("group-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, &photos.0);
+    }
+    let out = TempDir::new("group-out");
+    let run = || {
+        let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
+            .output()
+            .expect("start facegroup");
+        assert_success(&output);
+        let text = std::fs::read_to_string(out.0.join("groups.json")).expect("groups.json");
+        serde_json::from_str::<serde_json::Value>(&text).expect("groups.json is JSON")
+    };
+
+    let first = run();
+    let persons = first["persons"].as_array().expect("persons");
+    assert_eq!(persons.len(), 1, "{first}");
+    let obama = &persons[0];
+    let faces: Vec<&str> = obama["face_ids"]
+        .as_array()
+        .expect("face_ids")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert_eq!(faces, ["obama.jpg#0", "obama2.jpg#0", "obama3.jpg#0"]);
+    assert!(faces.contains(&obama["representative"].as_str().expect("representative")));
+    assert_eq!(first["unassigned"], serde_json::json!(["biden.jpg#0"]));
+    let obama_id = obama["person_id"].as_str().expect("person_id").to_string();
+    let records = read_jsonl(&out.0.join("faces.jsonl"));
+    for r in &records {
+        let expected = (r["image"] != "biden.jpg").then_some(obama_id.as_str());
+        assert_eq!(r["person_id"].as_str(), expected, "{r}");
+    }
+    let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
+    assert!(report.contains("People (1)"));
+
+    // One more photo arrives: the person keeps its id, the new faces stay apart.
+    copy_test_image("t1.jpg", &photos.0);
+    let second = run();
+    let persons = second["persons"].as_array().expect("persons");
+    assert_eq!(persons.len(), 1, "{second}");
+    assert_eq!(persons[0]["person_id"].as_str(), Some(obama_id.as_str()));
+    assert_eq!(persons[0]["face_ids"].as_array().map(Vec::len), Some(3));
+    assert_eq!(second["unassigned"].as_array().map(Vec::len), Some(7));
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub type Affine = [[f32; 3]; 2];
 /// The template scaled to a crop of `size` pixels, as InsightFace's `estimate_norm` does
 /// (multiples of 112 scale; multiples of 128 scale and shift right by 8/128 of the side).
 pub fn template_for(size: u32) -> Landmarks {
-    let (ratio, shift) = if size % 112 == 0 {
+    let (ratio, shift) = if size.is_multiple_of(112) {
         (size as f32 / 112.0, 0.0)
     } else {
         let r = size as f32 / 128.0;
