@@ -56,7 +56,7 @@ fn stages(c: &mut Criterion) {
             dets.iter()
                 .filter_map(|d| d.landmarks)
                 .map(|l| align_face(&img, &l, ALIGNED_SIZE).0)
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     g.bench_function("embed x6 (one batch)", |b| {
@@ -67,7 +67,7 @@ fn stages(c: &mut Criterion) {
             crop_refs
                 .iter()
                 .map(|c| emb.embed(&[*c]).expect("embed"))
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     let mut pipeline = Pipeline::new(&cfg).expect("pipeline");
