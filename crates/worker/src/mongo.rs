@@ -1,0 +1,398 @@
+//! MongoDB store. Two databases, as in the original system:
+//! - `gallery_images.faces`: one document per detected face, keyed by (image id, face index,
+//!   model version) both as a unique index and as a deterministic `_id`, so every write is an
+//!   idempotent upsert and a redelivered message can never duplicate faces;
+//! - `huemn.images`: one document per image with its processing status (pending, done with a face
+//!   count, failed with class and reason), timestamps and attempts; `huemn.galleries` holds the
+//!   per-gallery counter that debounces grouping jobs.
+
+use futures::TryStreamExt;
+use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use facegroup_core::{FaceInput, Groups};
+
+use crate::error::StoreError;
+
+pub const FACES_DB: &str = "gallery_images";
+pub const FACES_COLLECTION: &str = "faces";
+pub const STATUS_DB: &str = "huemn";
+pub const IMAGES_COLLECTION: &str = "images";
+pub const GALLERIES_COLLECTION: &str = "galleries";
+
+/// Processing status of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// Where an image comes from, recorded when its job starts.
+#[derive(Debug, Clone)]
+pub struct ImageRef<'a> {
+    pub image_id: &'a str,
+    pub gallery_id: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub callback: Option<&'a str>,
+    pub metadata: Option<&'a serde_json::Value>,
+}
+
+/// One face as stored (everything but the person id, which only grouping sets).
+#[derive(Debug, Clone)]
+pub struct FaceRecord {
+    pub face_index: u32,
+    pub bbox: [f32; 4],
+    pub keypoints: [[f32; 2]; 5],
+    pub det_score: f32,
+    pub quality: facegroup_core::Quality,
+    pub embedding: Vec<f32>,
+}
+
+/// Handle on both databases.
+#[derive(Clone)]
+pub struct MongoStore {
+    faces: Collection<Document>,
+    images: Collection<Document>,
+    galleries: Collection<Document>,
+}
+
+/// The deterministic `_id` of a face.
+pub fn face_id(image_id: &str, face_index: u32, model_version: &str) -> String {
+    format!("{image_id}:{model_version}:{face_index}")
+}
+
+impl MongoStore {
+    /// Connects (lazily: the driver connects on first use) and returns the store.
+    pub async fn connect(uri: &str) -> Result<Self, StoreError> {
+        let client = Client::with_uri_str(uri).await?;
+        Ok(Self::from_client(&client))
+    }
+
+    pub fn from_client(client: &Client) -> Self {
+        let status = client.database(STATUS_DB);
+        Self {
+            faces: client.database(FACES_DB).collection(FACES_COLLECTION),
+            images: status.collection(IMAGES_COLLECTION),
+            galleries: status.collection(GALLERIES_COLLECTION),
+        }
+    }
+
+    pub fn faces(&self) -> &Collection<Document> {
+        &self.faces
+    }
+
+    pub fn images(&self) -> &Collection<Document> {
+        &self.images
+    }
+
+    /// Creates the indexes the upserts and queries rely on (idempotent).
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexOptions::builder()
+            .unique(true)
+            .name("image_face_model".to_string())
+            .build();
+        self.faces
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"image_id": 1, "face_index": 1, "model_version": 1})
+                    .options(unique)
+                    .build(),
+            )
+            .await?;
+        self.faces
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"gallery_id": 1, "model_version": 1})
+                    .build(),
+            )
+            .await?;
+        self.images
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"gallery_id": 1, "status": 1})
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a job for the image has started (status pending, one more attempt).
+    pub async fn mark_pending(&self, img: &ImageRef<'_>) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        let mut set = doc! {
+            "gallery_id": img.gallery_id,
+            "bucket": img.bucket,
+            "key": img.key,
+            "status": "pending",
+            "started_at": now,
+            "updated_at": now,
+        };
+        if let Some(cb) = img.callback {
+            set.insert("callback", cb);
+        }
+        if let Some(meta) = img.metadata {
+            let meta = bson::to_bson(meta).map_err(|e| StoreError::Malformed(e.to_string()))?;
+            set.insert("metadata", meta);
+        }
+        self.images
+            .update_one(
+                doc! {"_id": img.image_id},
+                doc! {
+                    "$set": set,
+                    "$inc": {"attempts": 1},
+                    "$setOnInsert": {"created_at": now},
+                    "$unset": {"failure": ""},
+                },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes an image's faces: one upsert per face, then removes faces with a higher index
+    /// left by an earlier attempt, so the stored set equals `faces` however often this runs.
+    pub async fn replace_faces(
+        &self,
+        image_id: &str,
+        gallery_id: &str,
+        model_version: &str,
+        faces: &[FaceRecord],
+    ) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        for f in faces {
+            let quality =
+                bson::to_bson(&f.quality).map_err(|e| StoreError::Malformed(e.to_string()))?;
+            let keypoints: Vec<Bson> = f
+                .keypoints
+                .iter()
+                .map(|p| Bson::Array(vec![Bson::Double(p[0].into()), Bson::Double(p[1].into())]))
+                .collect();
+            let set = doc! {
+                "image_id": image_id,
+                "gallery_id": gallery_id,
+                "face_index": f.face_index as i32,
+                "model_version": model_version,
+                "bbox": {"x1": f.bbox[0] as f64, "y1": f.bbox[1] as f64,
+                         "x2": f.bbox[2] as f64, "y2": f.bbox[3] as f64},
+                "keypoints": keypoints,
+                "det_score": f.det_score as f64,
+                "quality": quality,
+                "quality_ok": f.quality.passes(),
+                "embedding": Binary { subtype: BinarySubtype::Generic, bytes: encode_embedding(&f.embedding) },
+                "embedding_dim": f.embedding.len() as i32,
+                "updated_at": now,
+            };
+            self.faces
+                .update_one(
+                    doc! {"_id": face_id(image_id, f.face_index, model_version)},
+                    doc! {"$set": set, "$setOnInsert": {"created_at": now}},
+                )
+                .upsert(true)
+                .await?;
+        }
+        self.faces
+            .delete_many(doc! {
+                "image_id": image_id,
+                "model_version": model_version,
+                "face_index": {"$gte": faces.len() as i32},
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the image done. Returns true the first time this image is counted, so the caller
+    /// adds its faces to the gallery's grouping counter only once per image.
+    pub async fn mark_done(&self, image_id: &str, face_count: usize) -> Result<bool, StoreError> {
+        let now = DateTime::now();
+        self.images
+            .update_one(
+                doc! {"_id": image_id},
+                doc! {
+                    "$set": {"status": "done", "face_count": face_count as i32,
+                             "updated_at": now, "completed_at": now},
+                    "$unset": {"failure": ""},
+                },
+            )
+            .upsert(true)
+            .await?;
+        let first = self
+            .images
+            .update_one(
+                doc! {"_id": image_id, "counted": {"$ne": true}},
+                doc! {"$set": {"counted": true}},
+            )
+            .await?;
+        Ok(first.modified_count == 1)
+    }
+
+    /// Marks the image failed with the error class and reason.
+    pub async fn mark_failed(
+        &self,
+        image_id: &str,
+        gallery_id: Option<&str>,
+        class: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        let mut set = doc! {
+            "status": "failed",
+            "failure": {"class": class, "reason": reason},
+            "updated_at": now,
+        };
+        if let Some(g) = gallery_id {
+            set.insert("gallery_id", g);
+        }
+        self.images
+            .update_one(
+                doc! {"_id": image_id},
+                doc! {"$set": set, "$setOnInsert": {"created_at": now, "attempts": 1}},
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds `new_faces` to the gallery's counter; returns true when this call crossed
+    /// `threshold` with no grouping job pending, i.e. the caller must enqueue one (the counter is
+    /// reset and the gallery marked pending in the same atomic update, so only one caller wins).
+    pub async fn add_new_faces(
+        &self,
+        gallery_id: &str,
+        new_faces: usize,
+        threshold: usize,
+    ) -> Result<bool, StoreError> {
+        self.galleries
+            .update_one(
+                doc! {"_id": gallery_id},
+                doc! {"$inc": {"new_faces": new_faces as i64},
+                "$set": {"updated_at": DateTime::now()}},
+            )
+            .upsert(true)
+            .await?;
+        let won = self
+            .galleries
+            .find_one_and_update(
+                doc! {"_id": gallery_id, "grouping_pending": {"$ne": true},
+                "new_faces": {"$gte": threshold as i64}},
+                doc! {"$set": {"grouping_pending": true, "new_faces": 0_i64}},
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(won.is_some())
+    }
+
+    /// Undoes [`add_new_faces`](Self::add_new_faces)' pending mark (the enqueue failed, or a
+    /// grouping job started and new faces should trigger the next one).
+    pub async fn clear_grouping_pending(&self, gallery_id: &str) -> Result<(), StoreError> {
+        self.galleries
+            .update_one(
+                doc! {"_id": gallery_id},
+                doc! {"$set": {"grouping_pending": false, "updated_at": DateTime::now()}},
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// The gallery's faces of one model version, ready for grouping.
+    pub async fn gallery_faces(
+        &self,
+        gallery_id: &str,
+        model_version: &str,
+    ) -> Result<Vec<FaceInput>, StoreError> {
+        let mut cursor = self
+            .faces
+            .find(doc! {"gallery_id": gallery_id, "model_version": model_version})
+            .await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            out.push(face_input(&d)?);
+        }
+        Ok(out)
+    }
+
+    /// Sets each grouped face's person id and removes it from unassigned faces.
+    pub async fn set_person_ids(&self, groups: &Groups) -> Result<(), StoreError> {
+        for p in &groups.persons {
+            self.faces
+                .update_many(
+                    doc! {"_id": {"$in": &p.face_ids}},
+                    doc! {"$set": {"person_id": &p.person_id}},
+                )
+                .await?;
+        }
+        if !groups.unassigned.is_empty() {
+            self.faces
+                .update_many(
+                    doc! {"_id": {"$in": &groups.unassigned}},
+                    doc! {"$unset": {"person_id": ""}},
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn face_input(d: &Document) -> Result<FaceInput, StoreError> {
+    let bad = |what: &str| StoreError::Malformed(format!("face {:?}: {what}", d.get("_id")));
+    let face_id = d.get_str("_id").map_err(|_| bad("_id"))?.to_string();
+    let image_id = d
+        .get_str("image_id")
+        .map_err(|_| bad("image_id"))?
+        .to_string();
+    let embedding = decode_embedding(
+        d.get_binary_generic("embedding")
+            .map_err(|_| bad("embedding"))?,
+    )
+    .ok_or_else(|| bad("embedding length"))?;
+    let quality = d.get_document("quality").map_err(|_| bad("quality"))?;
+    let overall = quality.get_f64("overall").unwrap_or(1.0) as f32;
+    let quality_ok = d.get_bool("quality_ok").unwrap_or(true);
+    Ok(FaceInput {
+        face_id,
+        image_id,
+        embedding,
+        quality_ok,
+        quality: overall,
+    })
+}
+
+/// Little-endian f32s: 2 KiB for a 512-d embedding, a quarter of a BSON double array.
+pub fn encode_embedding(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn decode_embedding(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_round_trips_bit_exact() {
+        let v = vec![0.1f32, -2.5, f32::MIN_POSITIVE, 1.0];
+        assert_eq!(decode_embedding(&encode_embedding(&v)), Some(v));
+        assert_eq!(decode_embedding(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn face_ids_are_deterministic_per_model() {
+        assert_eq!(face_id("img", 2, "a+b"), "img:a+b:2");
+        assert_ne!(face_id("img", 2, "a+b"), face_id("img", 2, "a+c"));
+    }
+}

@@ -1,0 +1,115 @@
+//! S3 store: size-limited reads of input images and JSON writes of results.
+
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::primitives::ByteStream;
+use serde::Serialize;
+
+use crate::error::StoreError;
+
+/// Reads and writes objects; results go to `bucket`.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    max_object_bytes: u64,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, max_object_bytes: u64) -> Self {
+        Self {
+            client,
+            bucket,
+            max_object_bytes,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Reads `s3://bucket/key`, refusing objects over the size limit before and while reading
+    /// (a missing or lying Content-Length cannot make the worker buffer an unbounded body).
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e)) if is_not_found(e.err()) => {
+                return Err(StoreError::NotFound {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                })
+            }
+            Err(e) => return Err(StoreError::S3(DisplayErrorContext(&e).to_string())),
+        };
+        let too_large = |size| StoreError::TooLarge {
+            bucket: bucket.into(),
+            key: key.into(),
+            size,
+            max: self.max_object_bytes,
+        };
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        if declared > self.max_object_bytes {
+            return Err(too_large(declared));
+        }
+        let mut body = out.body;
+        let mut bytes = Vec::with_capacity(declared as usize);
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::S3(format!("reading s3://{bucket}/{key}: {e}")))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > self.max_object_bytes {
+                return Err(too_large(bytes.len() as u64));
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a JSON object from the results bucket; `None` when it does not exist.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(&self.bucket, key).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Malformed(format!("s3://{}/{key}: {e}", self.bucket))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` as JSON to `s3://bucket/key` (a whole-object PUT, so readers never see a
+    /// partial result).
+    pub async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(value)
+            .map_err(|e| StoreError::Malformed(format!("serialising {key}: {e}")))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| StoreError::S3(DisplayErrorContext(&e).to_string()))?;
+        Ok(())
+    }
+}
+
+fn is_not_found(e: &GetObjectError) -> bool {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    e.is_no_such_key() || matches!(e.code(), Some("NoSuchKey" | "NotFound" | "NoSuchBucket"))
+}

@@ -1,0 +1,223 @@
+//! The SQS consumer against a real SQS endpoint (moto), with handlers whose behaviour is fixed
+//! so each delivery rule is seen on its own: poison messages reach the DLQ, heartbeats keep a
+//! long job's message hidden, shutdown releases unfinished messages at once.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use facegroup_worker::sqs::{consume, ConsumerConfig};
+use facegroup_worker::{Handler, JobError, JobReport, Message, Metrics, Outcome};
+use tokio_util::sync::CancellationToken;
+
+use support::*;
+
+fn consumer_config(queue_url: &str, dir: &tempfile::TempDir) -> ConsumerConfig {
+    ConsumerConfig {
+        queue_url: queue_url.to_string(),
+        max_in_flight: 4,
+        wait_time_secs: 1,
+        visibility_secs: 3,
+        heartbeat: Duration::from_secs(1),
+        retry_backoff_secs: 1,
+        grace_period: Duration::from_secs(1),
+        drain: false,
+        idle_exit: Duration::from_secs(1),
+        liveness_file: dir.path().join("alive"),
+    }
+}
+
+/// Fails every job temporarily.
+struct AlwaysTemporary(Arc<AtomicUsize>);
+
+impl Handler for AlwaysTemporary {
+    async fn handle(&self, _msg: &Message) -> Result<JobReport, JobError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(JobError::temporary("downstream unavailable"))
+    }
+    async fn record_failure(&self, _: &Message, _: &JobError) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// Sleeps for a fixed time, then succeeds.
+struct Slow {
+    calls: Arc<AtomicUsize>,
+    sleep: Duration,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, _msg: &Message) -> Result<JobReport, JobError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.sleep).await;
+        Ok(JobReport::default())
+    }
+    async fn record_failure(&self, _: &Message, _: &JobError) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new("test", "consumer-test"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_reaches_dlq_after_max_receive_count() {
+    let moto = start_moto();
+    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (queue, dlq) = create_queue(&sqs, "poison", 30, Some(2)).await;
+    let dlq = dlq.expect("dlq");
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(r#"{"poison":true}"#)
+        .send()
+        .await
+        .expect("send");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consume(
+        consumer_config(&queue, &dir),
+        sqs.clone(),
+        AlwaysTemporary(calls.clone()),
+        metrics(),
+        stop.clone(),
+    ));
+
+    wait_for(
+        "poison message in the DLQ",
+        Duration::from_secs(60),
+        || async { queue_counts(&sqs, &dlq).await.0 == 1 },
+    )
+    .await;
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
+    // Each delivery up to maxReceiveCount reached the handler; none after that.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(queue_counts(&sqs, &queue).await, (0, 0));
+    let moved = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .send()
+        .await
+        .expect("receive dlq");
+    assert_eq!(moved.messages()[0].body(), Some(r#"{"poison":true}"#));
+    assert!(dir.path().join("alive").exists(), "liveness file touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_a_long_job_hidden_then_it_is_deleted() {
+    let moto = start_moto();
+    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    // The queue hides a message for 2 s; the job takes 5 s.
+    let (queue, _) = create_queue(&sqs, "long", 2, None).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("{}")
+        .send()
+        .await
+        .expect("send");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut cfg = consumer_config(&queue, &dir);
+    cfg.grace_period = Duration::from_secs(30);
+    let task = tokio::spawn(consume(
+        cfg,
+        sqs.clone(),
+        Slow {
+            calls: calls.clone(),
+            sleep: Duration::from_secs(5),
+        },
+        metrics(),
+        stop.clone(),
+    ));
+    wait_for("job started", Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_for("message deleted", Duration::from_secs(60), || async {
+        queue_counts(&sqs, &queue).await == (0, 0)
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
+    // Without the heartbeat the message would have reappeared at 2 s and run again.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_unfinished_messages_at_once() {
+    let moto = start_moto();
+    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    // A 10-minute queue visibility: only an explicit release can make them visible again soon.
+    let (queue, _) = create_queue(&sqs, "release", 600, None).await;
+    for i in 0..3 {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .expect("send");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consume(
+        consumer_config(&queue, &dir),
+        sqs.clone(),
+        Slow {
+            calls: calls.clone(),
+            sleep: Duration::from_secs(3600),
+        },
+        metrics(),
+        stop.clone(),
+    ));
+    wait_for(
+        "all three jobs running",
+        Duration::from_secs(30),
+        || async { calls.load(Ordering::SeqCst) == 3 },
+    )
+    .await;
+    assert_eq!(queue_counts(&sqs, &queue).await, (0, 3));
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
+    assert_eq!(queue_counts(&sqs, &queue).await, (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_mode_exits_when_the_queue_stays_empty() {
+    let moto = start_moto();
+    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (queue, _) = create_queue(&sqs, "drain", 30, None).await;
+    for _ in 0..12 {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body("{}")
+            .send()
+            .await
+            .expect("send");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut cfg = consumer_config(&queue, &dir);
+    cfg.drain = true;
+    let outcome = consume(
+        cfg,
+        sqs.clone(),
+        Slow {
+            calls: calls.clone(),
+            sleep: Duration::from_millis(10),
+        },
+        metrics(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome, Outcome::Drained);
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
+    // All twelve deleted (in batches) before the consumer returned.
+    assert_eq!(queue_counts(&sqs, &queue).await, (0, 0));
+}
