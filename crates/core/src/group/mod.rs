@@ -19,9 +19,12 @@
 //! | celeba-dev | 1.000/0.930/0.964, 1.000/0.922/0.959 | 1.000/0.855/0.922, 1.000/0.846/0.916 | 1.000/0.854/0.922, 1.000/0.844/0.915 | 1.000/0.747/0.855, 1.000/0.748/0.856 |
 //! | lfw-dev | 0.984/0.991/0.988, 0.990/0.990/0.990 | 0.999/0.976/0.988, 0.998/0.966/0.982 | 0.999/0.965/0.982, 0.999/0.909/0.952 | 0.999/0.942/0.970, 0.999/0.893/0.943 |
 //!
-//! Speed (`cargo bench -p facegroup-core --bench grouping`, 2 shared CPU cores): 10k faces:
-//! graph 3.0 s (exact), clustering 0.09 s; 100k: graph 183 s (IVF, nprobe 32; 86 s at
-//! nprobe 8), clustering 2.1 s, 560 MiB peak. Memory is O(N (d + k)).
+//! Speed (`cargo bench -p facegroup-core --bench grouping -- 10000,100000`, random-plus-clustered
+//! synthetic faces, 2 CPU cores shared with other builds): 10k faces: graph 3.0 s (exact),
+//! clustering 0.09 s; 100k: graph 17-21 s (partitioned search, spill 8; recall of same-person
+//! edges 0.98), clustering 2.1 s, 505 MiB peak; 1M: graph 274 s, clustering 38 s, 4.6 GiB, but
+//! same-person edge recall falls to 0.56 there, so galleries of a million faces need a wider
+//! spill or the GPU index. Memory is O(N (d + k)).
 
 pub mod baselines;
 pub mod hac;
