@@ -221,3 +221,52 @@ async fn drain_mode_exits_when_the_queue_stays_empty() {
     // All twelve deleted (in batches) before the consumer returned.
     assert_eq!(queue_counts(&sqs, &queue).await, (0, 0));
 }
+
+/// Fails with a GPU/runtime error on the first message, holds the others.
+struct FatalOnFirst(Arc<AtomicUsize>);
+
+impl Handler for FatalOnFirst {
+    async fn handle(&self, _msg: &Message) -> Result<JobReport, JobError> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Let the other jobs start first, so there is something in flight to release.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Err(JobError::fatal("CUDA error: device lost"));
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(JobReport::default())
+    }
+    async fn record_failure(&self, _: &Message, _: &JobError) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_failure_releases_every_message_and_stops() {
+    let moto = start_moto();
+    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (queue, _) = create_queue(&sqs, "fatal", 600, None).await;
+    for _ in 0..3 {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body("{}")
+            .send()
+            .await
+            .expect("send");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // A long grace period: a fatal error must not wait for it.
+    let mut cfg = consumer_config(&queue, &dir);
+    cfg.grace_period = Duration::from_secs(3600);
+    let outcome = consume(
+        cfg,
+        sqs.clone(),
+        FatalOnFirst(calls.clone()),
+        metrics(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome, Outcome::Fatal("CUDA error: device lost".into()));
+    // The failing message and the held ones are all visible again at once, none deleted.
+    assert_eq!(queue_counts(&sqs, &queue).await, (3, 0));
+}
