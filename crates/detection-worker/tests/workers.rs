@@ -221,6 +221,43 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Asserts the image is done and its stored faces are exactly indices 0..face_count.
+/// `(image id, JPEG bytes)`: each sample photo, its mirror image, and half-size copies of the
+/// four single-face portraits.
+fn sample_photo_variants() -> Vec<(String, Vec<u8>)> {
+    let names = [
+        "obama", "obama2", "obama3", "biden", "yaoming", "t1", "players", "gdp",
+    ];
+    let mut out = Vec::new();
+    for name in names {
+        let bytes = std::fs::read(
+            repo_root()
+                .join("testdata/images")
+                .join(format!("{name}.jpg")),
+        )
+        .expect("photo (run scripts/setup.sh)");
+        let img = image::load_from_memory(&bytes).expect("decode sample photo");
+        out.push((format!("{name}-mirror"), jpeg(&img.fliph())));
+        if ["obama", "obama2", "obama3", "biden"].contains(&name) {
+            let small = img.resize(
+                img.width() / 2,
+                img.height() / 2,
+                image::imageops::FilterType::Triangle,
+            );
+            out.push((format!("{name}-small"), jpeg(&small)));
+        }
+        out.push((name.to_string(), bytes));
+    }
+    out
+}
+
+fn jpeg(img: &image::DynamicImage) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.to_rgb8()
+        .write_to(&mut buf, image::ImageFormat::Jpeg)
+        .expect("encode JPEG");
+    buf.into_inner()
+}
+
 async fn assert_done_without_duplicates(s: &Stack, image_id: &str) -> usize {
     let img = s.image(image_id).await.expect("image document");
     assert_eq!(img.get_str("status"), Ok("done"), "{image_id}: {img}");
@@ -240,18 +277,14 @@ async fn end_to_end_photos_to_persons() {
     let s = stack("e2e").await;
     let (queue, _) = create_queue(&s.sqs, "detect", 30, Some(5)).await;
     let (group_queue, _) = create_queue(&s.sqs, "group", 30, Some(5)).await;
-    let photos = [
-        "obama.jpg",
-        "obama2.jpg",
-        "obama3.jpg",
-        "biden.jpg",
-        "yaoming.jpg",
-        "t1.jpg",
-    ];
-    for p in photos {
-        let key = s.upload_photo(p).await;
-        s.send_detection(&queue, p.trim_end_matches(".jpg"), &key)
-            .await;
+    // 20 real photos: the 8 sample photos, a mirrored copy of each (another photo of the same
+    // people, as ArcFace sees it) and half-size copies of four portraits.
+    let photos = sample_photo_variants();
+    assert_eq!(photos.len(), 20);
+    for (id, bytes) in &photos {
+        let key = format!("uploads/{id}.jpg");
+        s.upload(&key, bytes.clone()).await;
+        s.send_detection(&queue, id, &key).await;
     }
 
     let mut det = s.worker(
@@ -267,8 +300,8 @@ async fn end_to_end_photos_to_persons() {
     assert_eq!(status.code(), Some(0), "drained detection worker exits 0");
 
     let mut total = 0;
-    for p in photos {
-        let id = p.trim_end_matches(".jpg");
+    for (p, _) in &photos {
+        let id = p.as_str();
         let n = assert_done_without_duplicates(&s, id).await;
         assert!(n >= 1, "{p}: no face found");
         total += n;
@@ -328,14 +361,22 @@ async fn end_to_end_photos_to_persons() {
         "obama.jpg's face is in one person: {person_images:?}"
     );
     let obama_imgs = &person_images[obama[0]];
-    for img in ["obama", "obama2", "obama3"] {
+    for img in [
+        "obama",
+        "obama2",
+        "obama3",
+        "obama-mirror",
+        "obama2-mirror",
+        "obama3-mirror",
+        "obama-small",
+    ] {
         assert!(
             obama_imgs.contains(img),
             "{img} not with obama: {person_images:?}"
         );
     }
     assert!(
-        !obama_imgs.contains("biden"),
+        !obama_imgs.iter().any(|i| i.starts_with("biden")),
         "biden merged with obama: {person_images:?}"
     );
 
