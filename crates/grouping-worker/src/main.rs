@@ -39,6 +39,11 @@ struct Cli {
     #[arg(long, env = "FACEGROUP_EMBEDDER", default_value = "w600k_mbf.onnx")]
     embedder: String,
 
+    /// Where the kNN graph is searched: `cpu`, or `cuda`/`cuda:N` for FAISS's GPU index (only
+    /// in builds with `facegroup-core/gpu`, i.e. the CUDA image; ignored otherwise).
+    #[arg(long, env = "FACEGROUP_PROVIDER", default_value = "cpu")]
+    provider: facegroup_core::ExecutionProvider,
+
     /// Default minimum face quality (0-1) for a face to seed a person; jobs may override it.
     #[arg(long, env = "FACEGROUP_MIN_QUALITY", default_value_t = 0.0)]
     min_quality: f32,
@@ -75,10 +80,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         min_quality = cli.min_quality,
         "starting grouping worker"
     );
-    let group_config = GroupConfig {
+    let mut group_config = GroupConfig {
         min_quality: cli.min_quality,
         ..GroupConfig::default()
     };
+    // The CUDA image is built with the GPU index; a CPU container of the same image must not
+    // try to use a GPU it does not have.
+    group_config.knn.gpu = matches!(cli.provider, facegroup_core::ExecutionProvider::Cuda { .. });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
