@@ -23,6 +23,7 @@
 pub mod aws;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod jobs;
 pub mod metrics;
 pub mod mongo;

@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 pub enum Unit {
     Milliseconds,
     Count,
+    Percent,
+    Megabytes,
 }
 
 impl Unit {
@@ -21,6 +23,8 @@ impl Unit {
         match self {
             Unit::Milliseconds => "Milliseconds",
             Unit::Count => "Count",
+            Unit::Percent => "Percent",
+            Unit::Megabytes => "Megabytes",
         }
     }
 }
