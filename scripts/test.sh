@@ -11,4 +11,7 @@ bash scripts/check-deploy.sh   # deployment files: cfn-lint, CLI shapes, compose
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The detection worker's end-to-end test runs the grouping worker binary, which `cargo test`
+# does not build; build it here with the same command the test uses, so the test finds it fresh.
+cargo build --locked -p facegroup-grouping-worker
 cargo test --workspace --locked

@@ -185,17 +185,16 @@ fn worker_binary(kind: &str) -> PathBuf {
     if kind == "detection" {
         return detection;
     }
-    let bin = detection.with_file_name(format!("facegroup-{kind}-worker"));
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(repo_root())
-            .args(["build", "-p", &format!("facegroup-{kind}-worker")])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the {kind} worker failed");
-    }
-    bin
+    // Cargo only builds this package's binaries for its tests; build the other worker here.
+    // Always asking cargo (a no-op when up to date) keeps a stale binary from being tested.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "-p", &format!("facegroup-{kind}-worker")])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the {kind} worker failed");
+    detection.with_file_name(format!("facegroup-{kind}-worker"))
 }
 
 async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
