@@ -134,14 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     rt.block_on(async move {
         let shutdown = facegroup_worker::shutdown_on_signals()?;
         let services = Services::connect(&cli.common, "detection").await?;
-        if let ExecutionProvider::Cuda { device_id } = cli.provider {
-            facegroup_worker::gpu::spawn_sampler(
-                services.metrics.clone(),
-                u32::try_from(device_id).unwrap_or(0),
-                std::time::Duration::from_secs(60),
-                shutdown.clone(),
-            );
-        }
+        services.start_gpu_metrics(cli.provider, &shutdown);
         let handler = Detection {
             s3: services.s3.clone(),
             mongo: services.mongo.clone(),

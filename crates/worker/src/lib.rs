@@ -114,6 +114,25 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Starts GPU utilisation/memory metrics ([`gpu`]) when the worker runs on CUDA; on the CPU
+    /// there is nothing to sample.
+    pub fn start_gpu_metrics(
+        &self,
+        provider: facegroup_core::ExecutionProvider,
+        shutdown: &CancellationToken,
+    ) {
+        if let facegroup_core::ExecutionProvider::Cuda { device_id } = provider {
+            gpu::spawn_sampler(
+                self.metrics.clone(),
+                u32::try_from(device_id).unwrap_or(0),
+                std::time::Duration::from_secs(60),
+                shutdown.clone(),
+            );
+        }
+    }
+}
+
 /// Consumes the queue with `handler` until shutdown, drain or a fatal error, flushes metrics and
 /// returns the process exit code.
 pub async fn serve<H: Handler>(
