@@ -23,6 +23,13 @@ pub enum ErrorClass {
     Permanent,
     /// The GPU or inference runtime is broken: release every in-flight message and exit 3.
     Fatal,
+    /// The job failed in a way that is either this input's fault or the runtime's (an inference
+    /// error on this image, a panic in this job). The consumer runs the handler's
+    /// [`probe`](crate::Handler::probe) on known-good input to tell them apart: the probe passes ->
+    /// [`Permanent`](Self::Permanent) for this input; it fails -> [`Fatal`](Self::Fatal). Without
+    /// the probe one poison image would kill every instance that receives it, up to
+    /// `maxReceiveCount` times.
+    Suspect,
 }
 
 impl ErrorClass {
@@ -31,6 +38,7 @@ impl ErrorClass {
             ErrorClass::Temporary => "temporary",
             ErrorClass::Permanent => "permanent",
             ErrorClass::Fatal => "fatal",
+            ErrorClass::Suspect => "suspect",
         }
     }
 }
@@ -67,6 +75,14 @@ impl JobError {
     pub fn fatal(reason: impl Into<String>) -> Self {
         Self {
             class: ErrorClass::Fatal,
+            reason: reason.into(),
+        }
+    }
+
+    /// See [`ErrorClass::Suspect`].
+    pub fn suspect(reason: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Suspect,
             reason: reason.into(),
         }
     }

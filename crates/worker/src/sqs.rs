@@ -27,6 +27,7 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName,
 };
+use futures::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,13 @@ pub trait Handler: Send + Sync + 'static {
         msg: &Message,
         err: &JobError,
     ) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// Runs the handler's engine on known-good input after a [`ErrorClass::Suspect`] failure:
+    /// `Ok` means the runtime works (the failure was the input's), `Err` that the runtime is
+    /// broken. The default has no engine to check and always passes.
+    fn probe(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Why the consumer stopped.
@@ -299,8 +307,11 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Message, _slot: OwnedS
             .metrics
             .emit(&[], &[("QueueWait", wait, Unit::Milliseconds)]);
     }
+    // A panic in one job is caught here, so it cannot take the worker down; it is suspect like
+    // an inference error (a bug triggered by this input, or a broken runtime).
+    let job = std::panic::AssertUnwindSafe(shared.handler.handle(&msg)).catch_unwind();
     let result = tokio::select! {
-        r = shared.handler.handle(&msg) => r,
+        r = job => r.unwrap_or_else(|panic| Err(JobError::suspect(format!("job panicked: {}", panic_message(&panic))))),
         never = heartbeat(&shared, &msg) => match never {},
     };
     let elapsed = started.elapsed().as_secs_f64() * 1e3;
@@ -327,7 +338,16 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Message, _slot: OwnedS
     }
 }
 
-async fn settle_failure<H: Handler>(shared: &Arc<Shared<H>>, msg: &Message, err: JobError) {
+async fn settle_failure<H: Handler>(shared: &Arc<Shared<H>>, msg: &Message, mut err: JobError) {
+    if err.class == ErrorClass::Suspect {
+        err = match shared.handler.probe().await {
+            Ok(()) => {
+                warn!(message_id = %msg.message_id, reason = %err.reason, "probe passed: the input is at fault");
+                JobError::permanent(err.reason)
+            }
+            Err(probe) => JobError::fatal(format!("{}; probe on known-good input failed too: {probe}", err.reason)),
+        };
+    }
     match err.class {
         ErrorClass::Permanent => {
             warn!(message_id = %msg.message_id, reason = %err.reason, "permanent failure; recording and deleting");
@@ -343,7 +363,7 @@ async fn settle_failure<H: Handler>(shared: &Arc<Shared<H>>, msg: &Message, err:
             warn!(message_id = %msg.message_id, receive_count = msg.receive_count, reason = %err.reason, "temporary failure; retrying later");
             retry_later(shared, msg).await;
         }
-        ErrorClass::Fatal => {
+        ErrorClass::Fatal | ErrorClass::Suspect => {
             error!(message_id = %msg.message_id, reason = %err.reason, "GPU/runtime failure; stopping");
             let mut reason = lock(&shared.fatal_reason);
             reason.get_or_insert(err.reason);
@@ -555,6 +575,15 @@ fn log_join(r: Result<(), tokio::task::JoinError>) {
             error!(error = %e, "job panicked");
         }
     }
+}
+
+/// The text of a caught panic (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
