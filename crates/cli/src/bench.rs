@@ -48,7 +48,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if paths.is_empty() {
         bail!("no images in {}", args.dir.display());
     }
-    let mut engine = Engine::new(&cfg)?;
+    let engine = Engine::new(&cfg)?;
     for _ in 0..args.warmup {
         engine.analyze(&paths, |_, _| {})?;
     }
@@ -68,7 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         read_s = round((total.read - warm.read).as_secs_f64(), 3),
         decode_s = round((total.decode - warm.decode).as_secs_f64(), 3),
         analyze_s = round((total.analyze - warm.analyze).as_secs_f64(), 3),
-        sessions = cfg.sessions,
+        pipelines = cfg.pipelines,
         intra_threads = cfg.pipeline.runtime.intra_threads,
         "timed passes: time per stage, summed over workers"
     );
@@ -87,14 +87,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         println!(
             "facegroup: {} images, {} faces in {:.2} s: {:.2} images/s, {:.2} faces/s \
-             (threads {}, sessions {} x {} intra-op), peak RSS {:.1} MiB",
+             (threads {}, pipelines {} x {} intra-op), peak RSS {:.1} MiB",
             result.images,
             result.faces,
             result.seconds,
             result.images_per_s,
             result.faces_per_s,
             cfg.threads,
-            cfg.sessions,
+            cfg.pipelines,
             cfg.pipeline.runtime.intra_threads,
             result.peak_rss_mib
         );

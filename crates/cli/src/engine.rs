@@ -1,5 +1,6 @@
-//! The worker pool: K pipelines, each on its own thread, pulling image paths from a shared
-//! queue. Each worker reads, decodes and analyses its image, so decoding runs in parallel too.
+//! The worker threads: one per pipeline of a `facegroup_core::PipelinePool`, pulling image paths
+//! from a shared queue. Each worker reads, decodes and analyses its image, so decoding runs in
+//! parallel too.
 //!
 //! Results come back in input order whatever the thread timing, so every output built from
 //! them is deterministic. Bad images (unreadable, corrupt, too large) become failed results;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use facegroup_core::{decode_image, DecodeOptions, Error, Face, Pipeline, PipelineConfig};
+use facegroup_core::{decode_image, DecodeOptions, Error, Face, PipelineConfig, PipelinePool};
 
 /// Everything needed to build the pool.
 #[derive(Debug, Clone)]
@@ -18,7 +19,7 @@ pub struct EngineConfig {
     /// Per-pipeline settings; `runtime.intra_threads` is already the per-session share.
     pub pipeline: PipelineConfig,
     /// Number of pipelines (K), i.e. worker threads.
-    pub sessions: usize,
+    pub pipelines: usize,
     /// Total threads requested (N), for reporting.
     pub threads: usize,
 }
@@ -51,7 +52,7 @@ pub struct StageTimes {
 
 /// K ready pipelines.
 pub struct Engine {
-    pipelines: Vec<Pipeline>,
+    pool: PipelinePool,
     decode: DecodeOptions,
     times: StageCounters,
 }
@@ -59,22 +60,24 @@ pub struct Engine {
 impl Engine {
     /// Loads the models K times. Fails on the first model or runtime error.
     pub fn new(cfg: &EngineConfig) -> Result<Self> {
-        let pipelines = (0..cfg.sessions.max(1))
-            .map(|_| Pipeline::new(&cfg.pipeline))
-            .collect::<Result<Vec<_>, _>>()
-            .context("loading models")?;
+        let pool = PipelinePool::new(&cfg.pipeline, cfg.pipelines).context("loading models")?;
         tracing::info!(
-            sessions = pipelines.len(),
+            pipelines = pool.size(),
             intra_threads = cfg.pipeline.runtime.intra_threads,
             provider = %cfg.pipeline.runtime.provider,
-            models = pipelines[0].model_id(),
+            model_version = pool.model_version(),
             "pipelines ready"
         );
         Ok(Self {
-            pipelines,
+            pool,
             decode: cfg.pipeline.decode,
             times: StageCounters::default(),
         })
+    }
+
+    /// The model version the faces are recorded under.
+    pub fn model_version(&self) -> &str {
+        self.pool.model_version()
     }
 
     /// Analyses `paths` with all pipelines and returns one result per path, in input order.
@@ -82,7 +85,7 @@ impl Engine {
     /// `on_done` runs on the worker thread as soon as an image is finished, with its index in
     /// `paths`: callers use it for progress and to write per-face files in parallel (it may
     /// also drop data, such as crops, that it does not want kept until the end).
-    pub fn analyze<F>(&mut self, paths: &[PathBuf], on_done: F) -> Result<Vec<ImageResult>>
+    pub fn analyze<F>(&self, paths: &[PathBuf], on_done: F) -> Result<Vec<ImageResult>>
     where
         F: Fn(usize, &mut ImageResult) + Sync,
     {
@@ -93,13 +96,12 @@ impl Engine {
             decode: self.decode,
             times: &self.times,
         };
-        let workers = self.pipelines.len().min(paths.len());
+        let workers = self.pool.size().min(paths.len());
         let per_worker: Vec<Result<Vec<(usize, ImageResult)>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self.pipelines[..workers]
-                .iter_mut()
-                .map(|pipeline| {
-                    let (shared, on_done) = (&shared, &on_done);
-                    s.spawn(move || shared.work(pipeline, on_done))
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (shared, on_done, pool) = (&shared, &on_done, &self.pool);
+                    s.spawn(move || shared.work(pool, on_done))
                 })
                 .collect();
             handles
@@ -215,7 +217,7 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    fn work<F>(&self, pipeline: &mut Pipeline, on_done: &F) -> Result<Vec<(usize, ImageResult)>>
+    fn work<F>(&self, pool: &PipelinePool, on_done: &F) -> Result<Vec<(usize, ImageResult)>>
     where
         F: Fn(usize, &mut ImageResult),
     {
@@ -223,7 +225,7 @@ impl Shared<'_> {
         while !self.stop.load(Ordering::Relaxed) {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(path) = self.paths.get(i) else { break };
-            match self.analyze_one(pipeline, path) {
+            match self.analyze_one(pool, path) {
                 Ok(mut result) => {
                     on_done(i, &mut result);
                     done.push((i, result));
@@ -239,8 +241,8 @@ impl Shared<'_> {
     }
 
     /// `Err` only for failures that would hit every image (model, runtime).
-    fn analyze_one(&self, pipeline: &mut Pipeline, path: &Path) -> Result<ImageResult> {
-        let outcome = match self.read_and_analyze(pipeline, path) {
+    fn analyze_one(&self, pool: &PipelinePool, path: &Path) -> Result<ImageResult> {
+        let outcome = match self.read_and_analyze(pool, path) {
             Ok(image) => Ok(image),
             Err(Failure::BadImage(msg)) => {
                 tracing::warn!(image = %path.display(), error = %msg, "skipping image");
@@ -256,11 +258,7 @@ impl Shared<'_> {
         })
     }
 
-    fn read_and_analyze(
-        &self,
-        pipeline: &mut Pipeline,
-        path: &Path,
-    ) -> Result<AnalyzedImage, Failure> {
+    fn read_and_analyze(&self, pool: &PipelinePool, path: &Path) -> Result<AnalyzedImage, Failure> {
         let t = Instant::now();
         let bytes =
             std::fs::read(path).map_err(|e| Failure::BadImage(format!("cannot read file: {e}")))?;
@@ -274,7 +272,9 @@ impl Shared<'_> {
         StageCounters::add(&self.times.decode, t);
 
         let t = Instant::now();
-        let faces = pipeline.analyze(&image).map_err(Failure::Fatal)?;
+        let faces = pool
+            .with(|pipeline| pipeline.analyze(&image))
+            .map_err(Failure::Fatal)?;
         StageCounters::add(&self.times.analyze, t);
         Ok(AnalyzedImage {
             width: image.width(),

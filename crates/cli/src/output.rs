@@ -1,6 +1,7 @@
 //! The files `facegroup run` writes into its output folder:
 //!
-//! - `faces.jsonl`: one record per face (box, keypoints, score, quality, embedding, person);
+//! - `faces.jsonl`: one `facegroup_core::FaceRecord` per face (box, keypoints, score, quality,
+//!   embedding) with its crop and person;
 //! - `images.jsonl`: one record per image, `"status": "ok"` or `"failed"` with the error;
 //! - `crops/<image path>.<face index>.jpg`: each face's aligned crop.
 //!
@@ -12,18 +13,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use facegroup_core::{Face, Quality};
+use facegroup_core::{Face, FaceRecord};
 use serde::Serialize;
 
 use crate::engine::ImageResult;
 
 /// Folder under the output folder holding the face crops.
 pub const CROPS_DIR: &str = "crops";
-
-/// Identifier of a face in every output: `<image relpath>#<index>`.
-pub fn face_id(image: &str, index: usize) -> String {
-    format!("{image}#{index}")
-}
 
 /// Crop location relative to the output folder. Appending `.<index>.jpg` to the image's own
 /// relative path keeps names unique without any escaping and mirrors the photo folder layout.
@@ -50,6 +46,7 @@ pub fn write_crops(out_dir: &Path, image: &str, faces: &[Face]) -> Result<()> {
 /// `persons` maps face ids to person ids (empty when grouping is off).
 pub fn write_records(
     out_dir: &Path,
+    model_version: &str,
     names: &[String],
     results: &[ImageResult],
     persons: &HashMap<String, String>,
@@ -60,7 +57,7 @@ pub fn write_records(
         match &result.outcome {
             Ok(analyzed) => {
                 for face in &analyzed.faces {
-                    faces.write(&FaceRecord::new(name, face, persons))?;
+                    faces.write(&FaceLine::new(name, model_version, face, persons))?;
                 }
                 images.write(&ImageRecord {
                     image: name,
@@ -85,40 +82,29 @@ pub fn write_records(
     images.finish()
 }
 
+/// A line of `faces.jsonl`: the stored face record plus where its crop is and its person.
 #[derive(Serialize)]
-struct FaceRecord<'a> {
-    face_id: String,
-    image: &'a str,
-    index: usize,
-    /// `[x1, y1, x2, y2]` in pixels of the upright image.
-    bbox: [f32; 4],
-    /// Left eye, right eye, nose, left and right mouth corner.
-    landmarks: &'a [[f32; 2]; 5],
-    score: f32,
-    quality: &'a Quality,
-    /// Unit length: the dot product of two embeddings is their cosine similarity.
-    embedding: &'a [f32],
+struct FaceLine<'a> {
+    #[serde(flatten)]
+    record: FaceRecord,
     /// The crop's path relative to the output folder.
     crop: String,
     /// The person the face was grouped into; null when unassigned or not grouped.
     person_id: Option<&'a str>,
 }
 
-impl<'a> FaceRecord<'a> {
-    fn new(image: &'a str, face: &'a Face, persons: &'a HashMap<String, String>) -> Self {
-        let b = &face.bbox;
-        let id = face_id(image, face.index);
+impl<'a> FaceLine<'a> {
+    fn new(
+        image: &str,
+        model_version: &str,
+        face: &Face,
+        persons: &'a HashMap<String, String>,
+    ) -> Self {
+        let record = FaceRecord::new(image, model_version, face);
         Self {
-            person_id: persons.get(&id).map(String::as_str),
-            face_id: id,
-            image,
-            index: face.index,
-            bbox: [b.x1, b.y1, b.x2, b.y2],
-            landmarks: &face.landmarks,
-            score: face.score,
-            quality: &face.quality,
-            embedding: &face.embedding,
+            person_id: persons.get(&record.face_id).map(String::as_str),
             crop: crop_path(image, face.index),
+            record,
         }
     }
 }

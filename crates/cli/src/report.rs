@@ -9,16 +9,18 @@ use anyhow::{Context, Result};
 use std::collections::HashMap;
 
 use facegroup_core::group::Groups;
-use facegroup_core::Face;
+use facegroup_core::{face_id, Face};
 
 use crate::engine::ImageResult;
-use crate::output::{crop_path, face_id};
+use crate::output::crop_path;
 
 /// Facts about the run shown in the page header.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     pub detector: String,
     pub embedder: String,
+    /// The model version face ids are built with.
+    pub model_version: String,
     pub seconds: f64,
 }
 
@@ -45,8 +47,8 @@ pub fn render(
     let mut html = String::with_capacity(16 * 1024);
     html.push_str(HEAD);
     render_summary(&mut html, info, results);
-    render_groups(&mut html, groups, names, results);
-    render_images(&mut html, names, results);
+    render_groups(&mut html, &info.model_version, groups, names, results);
+    render_images(&mut html, &info.model_version, names, results);
     render_failures(&mut html, names, results);
     html.push_str("</body>\n</html>\n");
     html
@@ -56,6 +58,7 @@ pub fn render(
 /// person claimed come last.
 fn render_groups(
     html: &mut String,
+    model_version: &str,
     groups: Option<&Groups>,
     names: &[String],
     results: &[ImageResult],
@@ -68,7 +71,7 @@ fn render_groups(
         .flat_map(|(name, a)| {
             a.faces
                 .iter()
-                .map(move |f| (face_id(name, f.index), (name.as_str(), f)))
+                .map(move |f| (face_id(name, model_version, f.index), (name.as_str(), f)))
         })
         .collect();
     let _ = writeln!(
@@ -92,7 +95,7 @@ fn render_groups(
         for id in ordered {
             // Faces of an earlier run in the same folder may no longer be in this one.
             if let Some((image, face)) = faces.get(id) {
-                render_face(html, image, face);
+                render_face(html, model_version, image, face);
             }
         }
         html.push_str("</div>\n</section>\n");
@@ -104,7 +107,7 @@ fn render_groups(
     );
     for id in &groups.unassigned {
         if let Some((image, face)) = faces.get(id) {
-            render_face(html, image, face);
+            render_face(html, model_version, image, face);
         }
     }
     html.push_str("</div>\n</section>\n");
@@ -137,7 +140,12 @@ fn render_summary(html: &mut String, info: &RunInfo, results: &[ImageResult]) {
     );
 }
 
-fn render_images(html: &mut String, names: &[String], results: &[ImageResult]) {
+fn render_images(
+    html: &mut String,
+    model_version: &str,
+    names: &[String],
+    results: &[ImageResult],
+) {
     html.push_str("<h2>Images</h2>\n");
     for (name, result) in names.iter().zip(results) {
         let Ok(analyzed) = &result.outcome else {
@@ -152,13 +160,13 @@ fn render_images(html: &mut String, names: &[String], results: &[ImageResult]) {
             analyzed.faces.len(),
         );
         for face in &analyzed.faces {
-            render_face(html, name, face);
+            render_face(html, model_version, name, face);
         }
         html.push_str("</div>\n</section>\n");
     }
 }
 
-fn render_face(html: &mut String, image: &str, face: &Face) {
+fn render_face(html: &mut String, model_version: &str, image: &str, face: &Face) {
     let q = &face.quality;
     let (class, verdict) = if q.passes() {
         ("face", "good".to_string())
@@ -177,7 +185,7 @@ fn render_face(html: &mut String, image: &str, face: &Face) {
         q.yaw,
         q.pitch,
         escape(&verdict),
-        id = escape(&face_id(image, face.index)),
+        id = escape(&face_id(image, model_version, face.index)),
         src = escape(&url_path(&crop_path(image, face.index))),
     );
 }

@@ -11,8 +11,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
-use crate::grouping::{self, GroupMode};
+use crate::grouping;
 use crate::{output, report};
+use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -24,6 +25,9 @@ pub struct RunArgs {
     /// Grouping of faces into persons (written to groups.json).
     #[arg(long, env = "FACEGROUP_GROUP_MODE", value_enum, default_value_t = GroupMode::Full)]
     pub group_mode: GroupMode,
+    /// Do not group faces into persons.
+    #[arg(long, env = "FACEGROUP_NO_GROUP")]
+    pub no_group: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -31,7 +35,7 @@ pub struct RunArgs {
 pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = args.engine.to_config();
     // Models first: a missing model or runtime should fail before any output is created.
-    let mut engine = Engine::new(&cfg)?;
+    let engine = Engine::new(&cfg)?;
     let paths = find_images(&args.photos_dir)?;
     if paths.is_empty() {
         tracing::warn!(dir = %args.photos_dir.display(), "no .jpg/.jpeg/.png/.webp files found");
@@ -58,12 +62,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .iter()
         .map(|r| relative_name(&args.photos_dir, &r.path))
         .collect();
-    let groups = grouping::group_and_write(out, &names, &results, args.group_mode)?;
+    let model_version = engine.model_version();
+    let groups = if args.no_group {
+        None
+    } else {
+        Some(grouping::group_and_write(
+            out,
+            model_version,
+            &names,
+            &results,
+            args.group_mode,
+        )?)
+    };
     let persons = grouping::person_of(groups.as_ref());
-    output::write_records(out, &names, &results, &persons)?;
+    output::write_records(out, model_version, &names, &results, &persons)?;
     let info = report::RunInfo {
         detector: file_name(&cfg.pipeline.detector.model_path),
         embedder: file_name(&cfg.pipeline.embedder.model_path),
+        model_version: model_version.to_string(),
         seconds,
     };
     report::write(out, &info, &names, &results, groups.as_ref())?;

@@ -42,9 +42,9 @@ fn run_writes_faces_images_crops_and_report() {
         assert!(face["quality"]["sharpness"].is_number());
     }
     let ids: Vec<&str> = faces.iter().filter_map(|f| f["face_id"].as_str()).collect();
-    assert_eq!(ids[0], "obama.jpg#0");
+    assert_eq!(ids[0], "obama.jpg:scrfd_500m_bnkps+w600k_mbf:0");
     assert!(
-        ids[1..].iter().all(|id| id.starts_with("t1.jpg#")),
+        ids[1..].iter().all(|id| id.starts_with("t1.jpg:")),
         "{ids:?}"
     );
 
@@ -100,13 +100,23 @@ fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
         .iter()
         .filter_map(|f| f.as_str())
         .collect();
-    assert_eq!(faces, ["obama.jpg#0", "obama2.jpg#0", "obama3.jpg#0"]);
+    assert_eq!(
+        faces,
+        [
+            "obama.jpg:scrfd_500m_bnkps+w600k_mbf:0",
+            "obama2.jpg:scrfd_500m_bnkps+w600k_mbf:0",
+            "obama3.jpg:scrfd_500m_bnkps+w600k_mbf:0"
+        ]
+    );
     assert!(faces.contains(&obama["representative"].as_str().expect("representative")));
-    assert_eq!(first["unassigned"], serde_json::json!(["biden.jpg#0"]));
+    assert_eq!(
+        first["unassigned"],
+        serde_json::json!(["biden.jpg:scrfd_500m_bnkps+w600k_mbf:0"])
+    );
     let obama_id = obama["person_id"].as_str().expect("person_id").to_string();
     let records = read_jsonl(&out.0.join("faces.jsonl"));
     for r in &records {
-        let expected = (r["image"] != "biden.jpg").then_some(obama_id.as_str());
+        let expected = (r["image_id"] != "biden.jpg").then_some(obama_id.as_str());
         assert_eq!(r["person_id"].as_str(), expected, "{r}");
     }
     let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
@@ -192,11 +202,11 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 fn facegroup(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_facegroup"));
     cmd.args(args)
-        .arg("--ort-dylib")
+        .arg("--ort-dylib-path")
         .arg(ort_dylib())
         .env("RUST_LOG", "warn")
         .env_remove("FACEGROUP_THREADS")
-        .env_remove("FACEGROUP_SESSIONS")
+        .env_remove("FACEGROUP_PIPELINES")
         .current_dir(repo_root());
     cmd
 }

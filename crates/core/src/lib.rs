@@ -4,9 +4,16 @@
 //! ONNX Runtime) -> [`align`] (similarity transform to the ArcFace 112x112 template) -> [`embed`]
 //! (ArcFace, L2-normalised 512-d) -> [`quality`] (sharpness, illumination, occlusion, pose, size,
 //! detector score). [`Pipeline`] wires them together; each model role is a small trait so other
-//! detectors or embedders can be swapped in.
+//! detectors or embedders can be swapped in; [`PipelinePool`] shares pipelines between threads.
+//!
+//! The contracts every front end shares live here, once: face ids and the model version
+//! ([`record`]), the stored face ([`FaceRecord`]) and what grouping takes of it
+//! ([`FaceRecord::group_input`]), full or incremental grouping ([`GroupMode`], [`regroup`]) and,
+//! with the `clap` feature, the model/runtime flags ([`args`]).
 
 pub mod align;
+#[cfg(feature = "clap")]
+pub mod args;
 pub mod decode;
 pub mod detect;
 pub mod embed;
@@ -15,7 +22,9 @@ pub mod graph_rewrite;
 pub mod group;
 pub mod imgproc;
 pub mod pipeline;
+pub mod pool;
 pub mod quality;
+pub mod record;
 pub mod runtime;
 
 pub use decode::{decode_image, DecodeOptions};
@@ -23,10 +32,13 @@ pub use detect::{BBox, Detection, DetectorConfig, FaceDetector, Scrfd};
 pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
 pub use error::{DecodeError, Error, ModelError};
 pub use group::{
-    assign_new_faces, group_faces, FaceInput, GroupConfig, GroupError, Groups, KnnConfig, Person,
+    assign_new_faces, group_faces, regroup, FaceInput, GroupConfig, GroupError, GroupMode, Groups,
+    KnnConfig, Person,
 };
 pub use pipeline::{Face, Pipeline, PipelineConfig};
+pub use pool::PipelinePool;
 pub use quality::{Quality, QualityConfig, QualityReason};
+pub use record::{face_id, model_version, FaceRecord};
 pub use runtime::{ExecutionProvider, RuntimeConfig};
 
 /// Re-exported so callers need not depend on `image` for the pixel type.

@@ -11,6 +11,7 @@ use crate::detect::{BBox, Detection, DetectorConfig, FaceDetector, Landmarks, Sc
 use crate::embed::{ArcFace, EmbedderConfig, FaceEmbedder};
 use crate::error::{Error, ModelError};
 use crate::quality::{assess, Quality, QualityConfig};
+use crate::record::model_version;
 use crate::runtime::RuntimeConfig;
 
 /// Everything the pipeline needs, with working defaults for the test models in `models/`.
@@ -60,17 +61,13 @@ pub struct Pipeline {
     embedder: Box<dyn FaceEmbedder>,
     quality: QualityConfig,
     decode: DecodeOptions,
-    model_id: String,
+    model_version: String,
 }
 
 impl Pipeline {
     /// Loads SCRFD and ArcFace sessions as configured.
     pub fn new(cfg: &PipelineConfig) -> Result<Self, ModelError> {
-        let model_id = format!(
-            "{}+{}",
-            file_stem(&cfg.detector.model_path),
-            file_stem(&cfg.embedder.model_path)
-        );
+        let model_version = model_version(&cfg.detector.model_path, &cfg.embedder.model_path);
         let detector = Scrfd::new(cfg.detector.clone(), &cfg.runtime)?;
         let embedder = ArcFace::new(cfg.embedder.clone(), &cfg.runtime)?;
         Ok(Self::from_parts(
@@ -78,7 +75,7 @@ impl Pipeline {
             Box::new(embedder),
             cfg.quality.clone(),
             cfg.decode,
-            model_id,
+            model_version,
         ))
     }
 
@@ -88,20 +85,20 @@ impl Pipeline {
         embedder: Box<dyn FaceEmbedder>,
         quality: QualityConfig,
         decode: DecodeOptions,
-        model_id: String,
+        model_version: String,
     ) -> Self {
         Self {
             detector,
             embedder,
             quality,
             decode,
-            model_id,
+            model_version,
         }
     }
 
-    /// `detector+embedder` model names, recorded with stored faces.
-    pub fn model_id(&self) -> &str {
-        &self.model_id
+    /// The model version faces of this pipeline are recorded under ([`model_version`]).
+    pub fn model_version(&self) -> &str {
+        &self.model_version
     }
 
     /// Decodes and analyses encoded image bytes.
@@ -155,10 +152,4 @@ impl Pipeline {
 /// crop roughly spans the box, so its template scaled to the box is a fair guess.
 fn landmarks_from_box(b: &BBox) -> Landmarks {
     ARCFACE_TEMPLATE.map(|[x, y]| [b.x1 + x / 112.0 * b.width(), b.y1 + y / 112.0 * b.height()])
-}
-
-fn file_stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }

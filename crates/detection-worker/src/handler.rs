@@ -2,71 +2,40 @@
 //! -> faces JSON to S3 -> status done -> maybe a grouping job. Every step is idempotent, so a
 //! redelivered message (after a crash or a lost delete) rewrites the same documents.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use facegroup_core::{Error as CoreError, Face, Pipeline};
-use facegroup_worker::jobs::{self, DetectionJob, GroupingJob, GroupingMode};
-use facegroup_worker::mongo::{face_id, FaceRecord, ImageRef, MongoStore};
+use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, PipelinePool};
+use facegroup_worker::jobs::{self, DetectionJob, GroupingJob};
+use facegroup_worker::mongo::{ImageRef, MongoStore};
 use facegroup_worker::s3::S3Store;
 use facegroup_worker::{Handler, JobError, JobReport, Message};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-pub struct Detection {
+/// The detection job handler.
+pub struct DetectionHandler {
     pub s3: S3Store,
     pub mongo: MongoStore,
     pub sqs: aws_sdk_sqs::Client,
     pub grouping_queue_url: Option<String>,
     pub group_after_faces: usize,
     pub results_prefix: String,
-    pub model_version: String,
+    /// Pipelines are borrowed for the inference step only, on a blocking thread.
     pub pool: Arc<PipelinePool>,
 }
 
-/// Pipelines are not `Sync` (ONNX Runtime sessions must not run concurrently): jobs borrow one
-/// for the inference step only.
-pub struct PipelinePool {
-    free: Semaphore,
-    pipelines: Mutex<Vec<Pipeline>>,
-}
-
-impl PipelinePool {
-    pub fn new(pipelines: Vec<Pipeline>) -> Self {
-        Self {
-            free: Semaphore::new(pipelines.len()),
-            pipelines: Mutex::new(pipelines),
-        }
-    }
-
+impl DetectionHandler {
     /// Decodes and analyses `bytes` on a blocking thread with a free pipeline.
-    async fn analyze(self: &Arc<Self>, bytes: Vec<u8>) -> Result<(u32, u32, Vec<Face>), JobError> {
-        let _permit = self
-            .free
-            .acquire()
-            .await
-            .map_err(|_| JobError::fatal("pipeline pool closed"))?;
-        let pool = self.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut p = pool
-                .pipelines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .ok_or_else(|| JobError::fatal("no free pipeline"))?;
-            let result = p.analyze_bytes(&bytes);
-            pool.pipelines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(p);
-            match result {
-                Ok((img, faces)) => Ok((img.width(), img.height(), faces)),
-                Err(e @ CoreError::Decode(_)) => Err(JobError::permanent(e.to_string())),
-                Err(e @ CoreError::Model(_)) => Err(JobError::fatal(e.to_string())),
-            }
-        })
-        .await;
-        joined.unwrap_or_else(|e| Err(JobError::fatal(format!("inference thread died: {e}"))))
+    async fn analyze(&self, bytes: Vec<u8>) -> Result<(u32, u32, Vec<Face>), JobError> {
+        let pool = self.pool.clone();
+        let joined =
+            tokio::task::spawn_blocking(move || pool.with(|p| p.analyze_bytes(&bytes))).await;
+        match joined {
+            Ok(Ok((img, faces))) => Ok((img.width(), img.height(), faces)),
+            Ok(Err(e @ CoreError::Decode(_))) => Err(JobError::permanent(e.to_string())),
+            Ok(Err(e @ CoreError::Model(_))) => Err(JobError::fatal(e.to_string())),
+            Err(e) => Err(JobError::fatal(format!("inference thread died: {e}"))),
+        }
     }
 }
 
@@ -78,20 +47,21 @@ struct FacesDoc<'a> {
     model_version: &'a str,
     width: u32,
     height: u32,
-    faces: Vec<FaceSummary>,
+    faces: Vec<FaceSummary<'a>>,
 }
 
+/// A face in the per-image JSON: the stored record without its embedding.
 #[derive(Serialize)]
-struct FaceSummary {
-    face_id: String,
+struct FaceSummary<'a> {
+    face_id: &'a str,
     face_index: u32,
     bbox: [f32; 4],
     keypoints: [[f32; 2]; 5],
     det_score: f32,
-    quality: facegroup_core::Quality,
+    quality: &'a facegroup_core::Quality,
 }
 
-impl Handler for Detection {
+impl Handler for DetectionHandler {
     async fn handle(&self, msg: &Message) -> Result<JobReport, JobError> {
         let job: DetectionJob = jobs::parse(&msg.body)?;
         jobs::check_id("image_id", &job.image_id)?;
@@ -110,42 +80,31 @@ impl Handler for Detection {
             })
             .await?;
         let bytes = self.s3.get(&job.bucket, &job.key).await?;
-        let (width, height, faces) = self.pool.analyze(bytes).await?;
+        let (width, height, faces) = self.analyze(bytes).await?;
 
+        let model_version = self.pool.model_version();
         let records: Vec<FaceRecord> = faces
             .iter()
-            .map(|f| FaceRecord {
-                face_index: f.index as u32,
-                bbox: [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2],
-                keypoints: f.landmarks,
-                det_score: f.score,
-                quality: f.quality.clone(),
-                embedding: f.embedding.clone(),
-            })
+            .map(|f| FaceRecord::new(&job.image_id, model_version, f))
             .collect();
         self.mongo
-            .replace_faces(
-                &job.image_id,
-                &job.gallery_id,
-                &self.model_version,
-                &records,
-            )
+            .replace_faces(&job.image_id, &job.gallery_id, model_version, &records)
             .await?;
         let doc = FacesDoc {
             image_id: &job.image_id,
             gallery_id: &job.gallery_id,
-            model_version: &self.model_version,
+            model_version,
             width,
             height,
             faces: records
                 .iter()
                 .map(|r| FaceSummary {
-                    face_id: face_id(&job.image_id, r.face_index, &self.model_version),
-                    face_index: r.face_index,
+                    face_id: &r.face_id,
+                    face_index: r.index,
                     bbox: r.bbox,
-                    keypoints: r.keypoints,
-                    det_score: r.det_score,
-                    quality: r.quality.clone(),
+                    keypoints: r.landmarks,
+                    det_score: r.score,
+                    quality: &r.quality,
                 })
                 .collect(),
         };
@@ -187,7 +146,7 @@ impl Handler for Detection {
     }
 }
 
-impl Detection {
+impl DetectionHandler {
     /// Debounced grouping: the gallery's counter crossing the threshold with no job pending
     /// enqueues one (only one concurrent caller can win that transition).
     async fn maybe_enqueue_grouping(
@@ -207,7 +166,7 @@ impl Detection {
         }
         let body = serde_json::to_string(&GroupingJob {
             gallery_id: gallery_id.to_string(),
-            mode: GroupingMode::Full,
+            mode: GroupMode::Full,
             min_quality: None,
         })
         .map_err(|e| JobError::temporary(e.to_string()))?;

@@ -4,15 +4,16 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use facegroup_core::{assign_new_faces, group_faces, GroupConfig, GroupError, Groups};
-use facegroup_worker::jobs::{self, GroupingJob, GroupingMode};
+use facegroup_core::{regroup, GroupConfig, GroupError, GroupMode, Groups};
+use facegroup_worker::jobs::{self, GroupingJob};
 use facegroup_worker::mongo::MongoStore;
 use facegroup_worker::s3::S3Store;
 use facegroup_worker::{Handler, JobError, JobReport, Message};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub struct Grouping {
+/// The grouping job handler.
+pub struct GroupingHandler {
     pub s3: S3Store,
     pub mongo: MongoStore,
     pub groups_prefix: String,
@@ -25,7 +26,7 @@ pub struct Grouping {
 pub struct GroupRun {
     pub gallery_id: String,
     pub run_id: String,
-    pub mode: GroupingMode,
+    pub mode: GroupMode,
     pub model_version: String,
     pub created_at_ms: u64,
     pub face_count: usize,
@@ -40,7 +41,7 @@ pub struct Latest {
     pub key: String,
 }
 
-impl Handler for Grouping {
+impl Handler for GroupingHandler {
     async fn handle(&self, msg: &Message) -> Result<JobReport, JobError> {
         let job: GroupingJob = jobs::parse(&msg.body)?;
         jobs::check_id("gallery_id", &job.gallery_id)?;
@@ -58,21 +59,17 @@ impl Handler for Grouping {
             .gallery_faces(&job.gallery_id, &self.model_version)
             .await?;
         let previous = self.previous(&job.gallery_id).await?;
-        let mode = match (job.mode, &previous) {
-            (GroupingMode::Incremental, None) => GroupingMode::Full,
-            (m, _) => m,
-        };
         let prev_groups = previous.map(|p| Groups {
             persons: p.persons,
             unassigned: p.unassigned,
         });
         let face_count = faces.len();
-        let groups = if faces.is_empty() {
-            Groups::default()
+        let (groups, mode) = if faces.is_empty() {
+            (Groups::default(), job.mode.effective(prev_groups.is_some()))
         } else {
-            tokio::task::spawn_blocking(move || match (mode, prev_groups) {
-                (GroupingMode::Incremental, Some(prev)) => assign_new_faces(&faces, &prev, &cfg),
-                (_, prev) => group_faces(&faces, &cfg, prev.as_ref()),
+            let requested = job.mode;
+            tokio::task::spawn_blocking(move || {
+                regroup(&faces, &cfg, requested, prev_groups.as_ref())
             })
             .await
             .map_err(|e| JobError::temporary(format!("grouping thread died: {e}")))?
@@ -117,7 +114,7 @@ impl Handler for Grouping {
     }
 }
 
-impl Grouping {
+impl GroupingHandler {
     fn latest_key(&self, gallery_id: &str) -> String {
         format!("{}{gallery_id}/latest.json", self.groups_prefix)
     }

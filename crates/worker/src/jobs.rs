@@ -2,6 +2,7 @@
 //! Unknown fields are ignored so producers can add fields first; a missing required field is a
 //! permanent error (the message can never become valid).
 
+use facegroup_core::GroupMode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
@@ -21,22 +22,12 @@ pub struct DetectionJob {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// How a grouping job treats existing persons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupingMode {
-    /// File new faces under the existing persons only (cheap; falls back to full when the
-    /// gallery has never been grouped).
-    Incremental,
-    /// Re-cluster every face; persons that continue keep their ids.
-    Full,
-}
-
 /// A grouping job: group a gallery's faces into persons.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupingJob {
     pub gallery_id: String,
-    pub mode: GroupingMode,
+    /// How existing persons are treated (`facegroup_core::GroupMode`, `full` or `incremental`).
+    pub mode: GroupMode,
     /// Overrides the configured minimum face quality for this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_quality: Option<f32>,
@@ -97,7 +88,7 @@ mod tests {
     #[test]
     fn grouping_mode_is_checked() {
         let j: GroupingJob = parse(r#"{"gallery_id":"g","mode":"full"}"#).expect("valid");
-        assert_eq!(j.mode, GroupingMode::Full);
+        assert_eq!(j.mode, GroupMode::Full);
         assert!(parse::<GroupingJob>(r#"{"gallery_id":"g","mode":"partial"}"#).is_err());
         assert!(parse::<GroupingJob>(r#"{"gallery_id":"g"}"#).is_err());
     }

@@ -1,7 +1,8 @@
 //! Shared runtime of the facegroup workers (`facegroup-detection-worker`,
 //! `facegroup-grouping-worker`): typed configuration ([`config`]), the SQS consumer ([`sqs`]),
 //! the S3 and MongoDB stores ([`s3`], [`mongo`]), message contracts ([`jobs`]), error classes
-//! ([`error`]), CloudWatch EMF metrics ([`metrics`]) and the process lifecycle (this module).
+//! ([`error`]), CloudWatch EMF metrics ([`metrics`]) and the process lifecycle: [`run`] is the
+//! whole `main` of both worker binaries.
 //!
 //! # Exit codes
 //!
@@ -22,6 +23,7 @@
 
 pub mod aws;
 pub mod config;
+mod entry;
 pub mod error;
 pub mod gpu;
 pub mod jobs;
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use config::CommonConfig;
+pub use entry::run;
 pub use error::{
     ErrorClass, JobError, StoreError, WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME,
     EXIT_UNEXPECTED,

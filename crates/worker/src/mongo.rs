@@ -12,7 +12,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use facegroup_core::{FaceInput, Groups};
+use facegroup_core::{FaceInput, FaceRecord, Groups};
 
 use crate::error::StoreError;
 
@@ -42,28 +42,12 @@ pub struct ImageRef<'a> {
     pub metadata: Option<&'a serde_json::Value>,
 }
 
-/// One face as stored (everything but the person id, which only grouping sets).
-#[derive(Debug, Clone)]
-pub struct FaceRecord {
-    pub face_index: u32,
-    pub bbox: [f32; 4],
-    pub keypoints: [[f32; 2]; 5],
-    pub det_score: f32,
-    pub quality: facegroup_core::Quality,
-    pub embedding: Vec<f32>,
-}
-
 /// Handle on both databases.
 #[derive(Clone)]
 pub struct MongoStore {
     faces: Collection<Document>,
     images: Collection<Document>,
     galleries: Collection<Document>,
-}
-
-/// The deterministic `_id` of a face.
-pub fn face_id(image_id: &str, face_index: u32, model_version: &str) -> String {
-    format!("{image_id}:{model_version}:{face_index}")
 }
 
 impl MongoStore {
@@ -154,8 +138,9 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Writes an image's faces: one upsert per face, then removes faces with a higher index
-    /// left by an earlier attempt, so the stored set equals `faces` however often this runs.
+    /// Writes an image's faces (all of one image and model version): one upsert per face, then
+    /// removes faces with a higher index left by an earlier attempt, so the stored set equals
+    /// `faces` however often this runs.
     pub async fn replace_faces(
         &self,
         image_id: &str,
@@ -165,31 +150,12 @@ impl MongoStore {
     ) -> Result<(), StoreError> {
         let now = DateTime::now();
         for f in faces {
-            let quality =
-                bson::to_bson(&f.quality).map_err(|e| StoreError::Malformed(e.to_string()))?;
-            let keypoints: Vec<Bson> = f
-                .keypoints
-                .iter()
-                .map(|p| Bson::Array(vec![Bson::Double(p[0].into()), Bson::Double(p[1].into())]))
-                .collect();
-            let set = doc! {
-                "image_id": image_id,
-                "gallery_id": gallery_id,
-                "face_index": f.face_index as i32,
-                "model_version": model_version,
-                "bbox": {"x1": f.bbox[0] as f64, "y1": f.bbox[1] as f64,
-                         "x2": f.bbox[2] as f64, "y2": f.bbox[3] as f64},
-                "keypoints": keypoints,
-                "det_score": f.det_score as f64,
-                "quality": quality,
-                "quality_ok": f.quality.passes(),
-                "embedding": Binary { subtype: BinarySubtype::Generic, bytes: encode_embedding(&f.embedding) },
-                "embedding_dim": f.embedding.len() as i32,
-                "updated_at": now,
-            };
+            let mut set = face_document(f)?;
+            set.insert("gallery_id", gallery_id);
+            set.insert("updated_at", now);
             self.faces
                 .update_one(
-                    doc! {"_id": face_id(image_id, f.face_index, model_version)},
+                    doc! {"_id": &f.face_id},
                     doc! {"$set": set, "$setOnInsert": {"created_at": now}},
                 )
                 .upsert(true)
@@ -311,7 +277,7 @@ impl MongoStore {
             .await?;
         let mut out = Vec::new();
         while let Some(d) = cursor.try_next().await? {
-            out.push(face_input(&d)?);
+            out.push(face_record(&d)?.group_input());
         }
         Ok(out)
     }
@@ -338,27 +304,86 @@ impl MongoStore {
     }
 }
 
-fn face_input(d: &Document) -> Result<FaceInput, StoreError> {
+/// The stored document of a face (without gallery and timestamps): `_id` is the face id, the
+/// embedding little-endian f32 bytes.
+fn face_document(f: &FaceRecord) -> Result<Document, StoreError> {
+    let quality = bson::to_bson(&f.quality).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    let keypoints: Vec<Bson> = f
+        .landmarks
+        .iter()
+        .map(|p| Bson::Array(vec![Bson::Double(p[0].into()), Bson::Double(p[1].into())]))
+        .collect();
+    Ok(doc! {
+        "image_id": &f.image_id,
+        "face_index": f.index as i32,
+        "model_version": &f.model_version,
+        "bbox": {"x1": f.bbox[0] as f64, "y1": f.bbox[1] as f64,
+                 "x2": f.bbox[2] as f64, "y2": f.bbox[3] as f64},
+        "keypoints": keypoints,
+        "det_score": f.score as f64,
+        "quality": quality,
+        "quality_ok": f.quality.passes(),
+        "embedding": Binary { subtype: BinarySubtype::Generic, bytes: encode_embedding(&f.embedding) },
+        "embedding_dim": f.embedding.len() as i32,
+    })
+}
+
+/// The [`FaceRecord`] of a stored face document ([`face_document`]'s inverse).
+fn face_record(d: &Document) -> Result<FaceRecord, StoreError> {
     let bad = |what: &str| StoreError::Malformed(format!("face {:?}: {what}", d.get("_id")));
-    let face_id = d.get_str("_id").map_err(|_| bad("_id"))?.to_string();
-    let image_id = d
-        .get_str("image_id")
-        .map_err(|_| bad("image_id"))?
-        .to_string();
+    let text = |key: &str| d.get_str(key).map(str::to_string).map_err(|_| bad(key));
+    let number = |doc: &Document, key: &str| -> Result<f32, StoreError> {
+        match doc.get(key) {
+            Some(Bson::Double(v)) => Ok(*v as f32),
+            Some(Bson::Int32(v)) => Ok(*v as f32),
+            Some(Bson::Int64(v)) => Ok(*v as f32),
+            _ => Err(bad(key)),
+        }
+    };
     let embedding = decode_embedding(
         d.get_binary_generic("embedding")
             .map_err(|_| bad("embedding"))?,
     )
     .ok_or_else(|| bad("embedding length"))?;
-    let quality = d.get_document("quality").map_err(|_| bad("quality"))?;
-    let overall = quality.get_f64("overall").unwrap_or(1.0) as f32;
-    let quality_ok = d.get_bool("quality_ok").unwrap_or(true);
-    Ok(FaceInput {
-        face_id,
-        image_id,
+    let quality = bson::from_document(
+        d.get_document("quality")
+            .map_err(|_| bad("quality"))?
+            .clone(),
+    )
+    .map_err(|e| bad(&format!("quality: {e}")))?;
+    let b = d.get_document("bbox").map_err(|_| bad("bbox"))?;
+    let mut landmarks = [[0.0f32; 2]; 5];
+    let points = d.get_array("keypoints").map_err(|_| bad("keypoints"))?;
+    if points.len() != 5 {
+        return Err(bad("keypoints"));
+    }
+    for (slot, p) in landmarks.iter_mut().zip(points) {
+        let xy = p
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .ok_or_else(|| bad("keypoints"))?;
+        for (v, x) in slot.iter_mut().zip(xy) {
+            *v = x.as_f64().ok_or_else(|| bad("keypoints"))? as f32;
+        }
+    }
+    Ok(FaceRecord {
+        face_id: text("_id")?,
+        image_id: text("image_id")?,
+        model_version: text("model_version")?,
+        index: d
+            .get_i32("face_index")
+            .map_err(|_| bad("face_index"))?
+            .max(0) as u32,
+        bbox: [
+            number(b, "x1")?,
+            number(b, "y1")?,
+            number(b, "x2")?,
+            number(b, "y2")?,
+        ],
+        landmarks,
+        score: number(d, "det_score")?,
+        quality,
         embedding,
-        quality_ok,
-        quality: overall,
     })
 }
 
@@ -391,8 +416,36 @@ mod tests {
     }
 
     #[test]
-    fn face_ids_are_deterministic_per_model() {
-        assert_eq!(face_id("img", 2, "a+b"), "img:a+b:2");
-        assert_ne!(face_id("img", 2, "a+b"), face_id("img", 2, "a+c"));
+    fn face_documents_round_trip() {
+        let record = FaceRecord {
+            face_id: facegroup_core::face_id("img", "a+b", 1),
+            image_id: "img".into(),
+            model_version: "a+b".into(),
+            index: 1,
+            bbox: [1.0, 2.0, 30.5, 40.25],
+            landmarks: [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.5]],
+            score: 0.75,
+            quality: facegroup_core::Quality {
+                sharpness: 100.0,
+                brightness: 120.0,
+                contrast: 40.0,
+                highlights: 0.0,
+                shadows: 0.01,
+                yaw: 3.0,
+                pitch: -2.0,
+                roll: 1.5,
+                face_size: 28.0,
+                det_score: 0.75,
+                occlusion: 0.0,
+                overall: 0.6,
+                reasons: vec![facegroup_core::QualityReason::LowSharpness],
+            },
+            embedding: vec![0.5, -0.25, 0.125],
+        };
+        let mut d = face_document(&record).expect("encode");
+        d.insert("_id", &record.face_id);
+        assert_eq!(face_record(&d).expect("decode"), record);
+        d.remove("embedding");
+        assert!(face_record(&d).is_err());
     }
 }

@@ -345,7 +345,10 @@ async fn settle_failure<H: Handler>(shared: &Arc<Shared<H>>, msg: &Message, mut 
                 warn!(message_id = %msg.message_id, reason = %err.reason, "probe passed: the input is at fault");
                 JobError::permanent(err.reason)
             }
-            Err(probe) => JobError::fatal(format!("{}; probe on known-good input failed too: {probe}", err.reason)),
+            Err(probe) => JobError::fatal(format!(
+                "{}; probe on known-good input failed too: {probe}",
+                err.reason
+            )),
         };
     }
     match err.class {

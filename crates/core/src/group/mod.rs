@@ -30,6 +30,7 @@ pub mod baselines;
 pub mod hac;
 pub mod knn;
 pub mod metrics;
+mod mode;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hac::MergeThreshold;
 pub use knn::{KnnConfig, KnnGraph};
+pub use mode::{regroup, GroupMode};
 
 /// One face to group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
