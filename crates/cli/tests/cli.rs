@@ -13,8 +13,8 @@ fn run_writes_faces_images_crops_and_report() {
     copy_test_image("t1.jpg", photos.path());
     // A JPEG cut in half: must be reported as failed, not stop the run.
     let jpeg = image_bytes("obama.jpg");
-    write(photos.path().join("bad.jpg"), &jpeg[..jpeg.len() / 2]);
-    write(photos.path().join("notes.txt"), b"not a photo");
+    write(&photos.path().join("bad.jpg"), &jpeg[..jpeg.len() / 2]);
+    write(&photos.path().join("notes.txt"), b"not a photo");
     let out = TempDir::new("out");
 
     let output = facegroup(&[
@@ -29,7 +29,7 @@ fn run_writes_faces_images_crops_and_report() {
     .expect("start facegroup");
     assert_success(&output);
 
-    let faces = read_jsonl(out.path().join("faces.jsonl"));
+    let faces = read_jsonl(&out.path().join("faces.jsonl"));
     assert_eq!(faces.len(), 7, "faces: {faces:?}");
     for face in &faces {
         let emb: Vec<f64> = face["embedding"]
@@ -54,7 +54,7 @@ fn run_writes_faces_images_crops_and_report() {
         "{ids:?}"
     );
 
-    let images = read_jsonl(out.path().join("images.jsonl"));
+    let images = read_jsonl(&out.path().join("images.jsonl"));
     let names: Vec<&str> = images.iter().filter_map(|i| i["image"].as_str()).collect();
     assert_eq!(names, ["bad.jpg", "obama.jpg", "t1.jpg"]);
     assert_eq!(images[0]["status"], "failed");
@@ -115,7 +115,7 @@ fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
     assert!(faces.contains(&obama["representative"].as_str().expect("representative")));
     assert_eq!(first["unassigned"], serde_json::json!(["biden.jpg#0"]));
     let obama_id = obama["person_id"].as_str().expect("person_id").to_string();
-    let records = read_jsonl(out.path().join("faces.jsonl"));
+    let records = read_jsonl(&out.path().join("faces.jsonl"));
     for r in &records {
         let expected = (r["image"] != "biden.jpg").then_some(obama_id.as_str());
         assert_eq!(r["person_id"].as_str(), expected, "{r}");
