@@ -1,29 +1,35 @@
 //! End-to-end tests of the `facegroup` binary on real photos and models (fetched by
 //! `scripts/setup.sh`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use facegroup_testkit::{image_bytes, ort_dylib, repo_root, TempDir};
 
 #[test]
 fn run_writes_faces_images_crops_and_report() {
     let photos = TempDir::new("photos");
-    copy_test_image("obama.jpg", &photos.0);
-    copy_test_image("t1.jpg", &photos.0);
+    copy_test_image("obama.jpg", photos.path());
+    copy_test_image("t1.jpg", photos.path());
     // A JPEG cut in half: must be reported as failed, not stop the run.
-    let jpeg = read_test_image("obama.jpg");
-    write(&photos.0.join("bad.jpg"), &jpeg[..jpeg.len() / 2]);
-    write(&photos.0.join("notes.txt"), b"not a photo");
+    let jpeg = image_bytes("obama.jpg");
+    write(&photos.path().join("bad.jpg"), &jpeg[..jpeg.len() / 2]);
+    write(&photos.path().join("notes.txt"), b"not a photo");
     let out = TempDir::new("out");
 
-    let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
-        .arg("--threads")
-        .arg("2")
-        .output()
-        .expect("start facegroup");
+    let output = facegroup(&[
+        "run",
+        path_str(photos.path()),
+        "--out",
+        path_str(out.path()),
+    ])
+    .arg("--threads")
+    .arg("2")
+    .output()
+    .expect("start facegroup");
     assert_success(&output);
 
-    let faces = read_jsonl(&out.0.join("faces.jsonl"));
+    let faces = read_jsonl(&out.path().join("faces.jsonl"));
     assert_eq!(faces.len(), 7, "faces: {faces:?}");
     for face in &faces {
         let emb: Vec<f64> = face["embedding"]
@@ -36,7 +42,7 @@ fn run_writes_faces_images_crops_and_report() {
         let norm = emb.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
         let crop = face["crop"].as_str().expect("crop path");
-        assert!(out.0.join(crop).is_file(), "missing crop {crop}");
+        assert!(out.path().join(crop).is_file(), "missing crop {crop}");
         assert_eq!(face["bbox"].as_array().map(Vec::len), Some(4));
         assert_eq!(face["landmarks"].as_array().map(Vec::len), Some(5));
         assert!(face["quality"]["sharpness"].is_number());
@@ -48,7 +54,7 @@ fn run_writes_faces_images_crops_and_report() {
         "{ids:?}"
     );
 
-    let images = read_jsonl(&out.0.join("images.jsonl"));
+    let images = read_jsonl(&out.path().join("images.jsonl"));
     let names: Vec<&str> = images.iter().filter_map(|i| i["image"].as_str()).collect();
     assert_eq!(names, ["bad.jpg", "obama.jpg", "t1.jpg"]);
     assert_eq!(images[0]["status"], "failed");
@@ -56,7 +62,7 @@ fn run_writes_faces_images_crops_and_report() {
     assert_eq!(images[1]["status"], "ok");
     assert_eq!(images[1]["faces"], 1);
 
-    let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
+    let report = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
     assert!(report.contains("bad.jpg"));
     let (people, images_part) = report
         .split_once("<h2>Images</h2>")
@@ -78,15 +84,20 @@ fn run_writes_faces_images_crops_and_report() {
 fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
     let photos = TempDir::new("group-photos");
     for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
-        copy_test_image(name, &photos.0);
+        copy_test_image(name, photos.path());
     }
     let out = TempDir::new("group-out");
     let run = || {
-        let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
-            .output()
-            .expect("start facegroup");
+        let output = facegroup(&[
+            "run",
+            path_str(photos.path()),
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
         assert_success(&output);
-        let text = std::fs::read_to_string(out.0.join("groups.json")).expect("groups.json");
+        let text = std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json");
         serde_json::from_str::<serde_json::Value>(&text).expect("groups.json is JSON")
     };
 
@@ -114,16 +125,16 @@ fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
         serde_json::json!(["biden.jpg:scrfd_500m_bnkps+w600k_mbf:0"])
     );
     let obama_id = obama["person_id"].as_str().expect("person_id").to_string();
-    let records = read_jsonl(&out.0.join("faces.jsonl"));
+    let records = read_jsonl(&out.path().join("faces.jsonl"));
     for r in &records {
         let expected = (r["image_id"] != "biden.jpg").then_some(obama_id.as_str());
         assert_eq!(r["person_id"].as_str(), expected, "{r}");
     }
-    let report = std::fs::read_to_string(out.0.join("report.html")).expect("report.html");
+    let report = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
     assert!(report.contains("People (1)"));
 
     // One more photo arrives: the person keeps its id, the new faces stay apart.
-    copy_test_image("t1.jpg", &photos.0);
+    copy_test_image("t1.jpg", photos.path());
     let second = run();
     let persons = second["persons"].as_array().expect("persons");
     assert_eq!(persons.len(), 1, "{second}");
@@ -135,15 +146,20 @@ fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
 #[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
-    copy_test_image("obama.jpg", &photos.0);
+    copy_test_image("obama.jpg", photos.path());
     let out = TempDir::new("out");
     let models = TempDir::new("no-models");
 
-    let output = facegroup(&["run", path_str(&photos.0), "--out", path_str(&out.0)])
-        .arg("--models-dir")
-        .arg(&models.0)
-        .output()
-        .expect("start facegroup");
+    let output = facegroup(&[
+        "run",
+        path_str(photos.path()),
+        "--out",
+        path_str(out.path()),
+    ])
+    .arg("--models-dir")
+    .arg(models.path())
+    .output()
+    .expect("start facegroup");
 
     assert!(!output.status.success(), "run without models succeeded");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -154,10 +170,10 @@ fn missing_model_is_fatal_and_named() {
 #[test]
 fn bench_prints_the_json_the_comparison_script_reads() {
     let photos = TempDir::new("bench");
-    copy_test_image("obama.jpg", &photos.0);
+    copy_test_image("obama.jpg", photos.path());
     let output = facegroup(&[
         "bench",
-        path_str(&photos.0),
+        path_str(photos.path()),
         "--repeat",
         "2",
         "--warmup",
@@ -221,48 +237,8 @@ fn assert_success(output: &Output) {
     );
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("FACEGROUP_TEST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("testdata/images"))
-}
-
-/// `ORT_DYLIB_PATH`, or the library inside the setup script's virtualenv.
-fn ort_dylib() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(p);
-    }
-    let lib = repo_root().join(".venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
-        entries.flatten().find_map(|py| {
-            let capi = py.path().join("site-packages/onnxruntime/capi");
-            std::fs::read_dir(capi).ok()?.flatten().find_map(|f| {
-                let name = f.file_name().to_string_lossy().into_owned();
-                name.starts_with("libonnxruntime.so.").then(|| f.path())
-            })
-        })
-    });
-    found.unwrap_or_else(|| {
-        panic!("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup.sh")
-    })
-}
-
-fn read_test_image(name: &str) -> Vec<u8> {
-    let path = images_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `python3 scripts/fetch.py images` (or scripts/setup.sh)",
-            path.display()
-        )
-    })
-}
-
 fn copy_test_image(name: &str, dir: &Path) {
-    write(&dir.join(name), &read_test_image(name));
+    write(&dir.join(name), &image_bytes(name));
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -278,27 +254,4 @@ fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
         .collect()
-}
-
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "facegroup-cli-test-{}-{n}-{label}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -15,47 +15,29 @@ use rayon::prelude::*;
 
 use facegroup_core::group::hac::{average_linkage, HacInput};
 use facegroup_core::group::{baselines, GroupConfig, KnnGraph, MergeThreshold};
+use facegroup_testkit::Rng;
 
 const DIM: usize = 512;
 /// Similarity above which a true neighbour counts as a same-person edge in the recall report
 /// (two faces of one synthetic person have cos ~0.5, two strangers |cos| < 0.25).
 const STRONG: f32 = 0.3;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// Appends a unit vector to `out`: around `centre` (Gaussian noise of norm ~`noise`) or, with no
+/// centre, in a random direction.
+fn unit_into(rng: &mut Rng, out: &mut Vec<f32>, centre: Option<&[f32]>, noise: f32) {
+    let start = out.len();
+    for k in 0..DIM {
+        let c = centre.map_or(0.0, |c| c[k]);
+        out.push(c + noise * rng.gaussian() / (DIM as f32).sqrt());
     }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    fn gaussian(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
-
-    fn unit_into(&mut self, out: &mut Vec<f32>, centre: Option<&[f32]>, noise: f32) {
-        let start = out.len();
-        for k in 0..DIM {
-            let c = centre.map_or(0.0, |c| c[k]);
-            out.push(c + noise * self.gaussian() / (DIM as f32).sqrt());
-        }
-        let v = &mut out[start..];
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-    }
+    let v = &mut out[start..];
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
 }
 
 /// Row-major unit embeddings and one photo id per face.
 fn synthetic(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut data = Vec::with_capacity(n * DIM);
     let clustered = n * 7 / 10;
     let mut centre = Vec::with_capacity(DIM);
@@ -63,14 +45,14 @@ fn synthetic(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     while made < clustered {
         let size = (2 + rng.next_u64() % 39) as usize;
         centre.clear();
-        rng.unit_into(&mut centre, None, 1.0);
+        unit_into(&mut rng, &mut centre, None, 1.0);
         for _ in 0..size.min(clustered - made) {
-            rng.unit_into(&mut data, Some(&centre), 1.0);
+            unit_into(&mut rng, &mut data, Some(&centre), 1.0);
             made += 1;
         }
     }
     while data.len() < n * DIM {
-        rng.unit_into(&mut data, None, 1.0);
+        unit_into(&mut rng, &mut data, None, 1.0);
     }
     (data, (0..n as u32).collect())
 }

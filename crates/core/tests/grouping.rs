@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::person_of;
 use facegroup_core::{group_faces, FaceInput, GroupConfig, Groups};
 
 const PHOTOS: [&str; 6] = [
@@ -47,14 +48,6 @@ fn main_face(photo: &str) -> String {
         .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
         .unwrap_or_else(|| panic!("{photo}: no face"));
     format!("{photo}#{}", largest.index)
-}
-
-fn person_of<'a>(groups: &'a Groups, face_id: &str) -> Option<&'a str> {
-    groups
-        .persons
-        .iter()
-        .find(|p| p.face_ids.iter().any(|f| f == face_id))
-        .map(|p| p.person_id.as_str())
 }
 
 fn photo_of(face_id: &str) -> &str {

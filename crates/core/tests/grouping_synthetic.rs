@@ -1,44 +1,17 @@
 //! Person grouping on synthetic embeddings, where the right answer is known by construction.
 
+mod common;
+
+use common::person_of;
 use facegroup_core::group::{baselines, metrics, KnnGraph};
 use facegroup_core::{assign_new_faces, group_faces, FaceInput, GroupConfig, GroupError, Groups};
+use facegroup_testkit::{normalise, Rng};
 
 const DIM: usize = 512;
 
-/// SplitMix64: a tiny seeded generator so the tests need no extra dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    fn gaussian(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
-
-    fn unit(&mut self) -> Vec<f32> {
-        normalise((0..DIM).map(|_| self.gaussian()).collect())
-    }
-}
-
-fn normalise(v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
-
 /// A face `noise` away from `centre` (noise 1.0 gives cos ~0.7 to the centre in 512-d).
 fn around(rng: &mut Rng, centre: &[f32], noise: f32) -> Vec<f32> {
-    let r = rng.unit();
+    let r = rng.unit(DIM);
     normalise(centre.iter().zip(&r).map(|(c, x)| c + noise * x).collect())
 }
 
@@ -55,10 +28,10 @@ fn face(id: &str, image: &str, embedding: Vec<f32>) -> FaceInput {
 /// `people` identities with `per_person` faces each (ids `p{person}_{n}`, one photo per face),
 /// plus `strangers` one-off faces (`s{n}`).
 fn gallery(seed: u64, people: usize, per_person: usize, strangers: usize) -> Vec<FaceInput> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut faces = Vec::new();
     for p in 0..people {
-        let centre = rng.unit();
+        let centre = rng.unit(DIM);
         for n in 0..per_person {
             let id = format!("p{p:02}_{n:02}");
             faces.push(face(
@@ -70,17 +43,9 @@ fn gallery(seed: u64, people: usize, per_person: usize, strangers: usize) -> Vec
     }
     for s in 0..strangers {
         let id = format!("s{s:03}");
-        faces.push(face(&id, &format!("img-{id}"), rng.unit()));
+        faces.push(face(&id, &format!("img-{id}"), rng.unit(DIM)));
     }
     faces
-}
-
-fn person_of<'a>(groups: &'a Groups, face_id: &str) -> Option<&'a str> {
-    groups
-        .persons
-        .iter()
-        .find(|p| p.face_ids.iter().any(|f| f == face_id))
-        .map(|p| p.person_id.as_str())
 }
 
 fn truth_prefix(id: &str) -> &str {
@@ -106,8 +71,8 @@ fn recovers_separated_people_and_leaves_strangers_unassigned() {
 /// but cannot pull the two people's averages together.
 #[test]
 fn bridge_faces_do_not_chain_two_people() {
-    let mut rng = Rng(7);
-    let (a, b) = (rng.unit(), rng.unit());
+    let mut rng = Rng::new(7);
+    let (a, b) = (rng.unit(DIM), rng.unit(DIM));
     let mut faces = Vec::new();
     for n in 0..10 {
         faces.push(face(
@@ -150,8 +115,8 @@ fn bridge_faces_do_not_chain_two_people() {
 
 #[test]
 fn faces_of_one_photo_are_never_one_person() {
-    let mut rng = Rng(3);
-    let centre = rng.unit();
+    let mut rng = Rng::new(3);
+    let centre = rng.unit(DIM);
     let mut faces: Vec<FaceInput> = (0..6)
         .map(|n| {
             face(
@@ -185,8 +150,8 @@ fn faces_of_one_photo_are_never_one_person() {
 
 #[test]
 fn low_quality_faces_neither_seed_nor_bridge_but_attach() {
-    let mut rng = Rng(11);
-    let (a, b) = (rng.unit(), rng.unit());
+    let mut rng = Rng::new(11);
+    let (a, b) = (rng.unit(DIM), rng.unit(DIM));
     let mut faces = Vec::new();
     for n in 0..6 {
         faces.push(face(
@@ -206,7 +171,7 @@ fn low_quality_faces_neither_seed_nor_bridge_but_attach() {
         ..face(id, &format!("i-{id}"), e)
     };
     // Two near-identical poor faces of an unknown: alone they would make a person.
-    let c = rng.unit();
+    let c = rng.unit(DIM);
     faces.push(poor("c_0", around(&mut rng, &c, 0.2)));
     faces.push(poor("c_1", around(&mut rng, &c, 0.2)));
     // A poor face of `a`: attached afterwards.
@@ -246,7 +211,7 @@ fn output_does_not_depend_on_input_order() {
     let faces = gallery(9, 8, 6, 15);
     let first = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
     let mut shuffled = faces.clone();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
@@ -260,8 +225,8 @@ fn regrouping_keeps_person_ids_and_numbers_new_ones_after_them() {
     let before = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
     assert_eq!(before.persons.len(), 5);
     let mut more = faces.clone();
-    let mut rng = Rng(14);
-    let newcomer = rng.unit();
+    let mut rng = Rng::new(14);
+    let newcomer = rng.unit(DIM);
     for n in 0..4 {
         let id = format!("q_{n}");
         more.push(face(
@@ -289,8 +254,8 @@ fn regrouping_keeps_person_ids_and_numbers_new_ones_after_them() {
 
 #[test]
 fn incremental_assignment_files_new_faces_under_existing_persons() {
-    let mut rng = Rng(21);
-    let (a, b) = (rng.unit(), rng.unit());
+    let mut rng = Rng::new(21);
+    let (a, b) = (rng.unit(DIM), rng.unit(DIM));
     let mut faces: Vec<FaceInput> = (0..5)
         .flat_map(|n| {
             [
@@ -311,7 +276,7 @@ fn incremental_assignment_files_new_faces_under_existing_persons() {
     let before = group_faces(&faces, &cfg, None).expect("grouping");
     assert_eq!(before.persons.len(), 2);
     faces.push(face("a_new", "new1", around(&mut rng, &a, 0.8)));
-    faces.push(face("stranger", "new2", rng.unit()));
+    faces.push(face("stranger", "new2", rng.unit(DIM)));
     // Same photo as a_0: may not join a's person.
     faces.push(face("a_dup", "ia0", around(&mut rng, &a, 0.3)));
     let after = assign_new_faces(&faces, &before, &cfg).expect("incremental");

@@ -6,9 +6,6 @@
 //! target directory):
 //!   cargo run -p facegroup-detection-worker --example loadbench -- [N] [MAX_IN_FLIGHT]
 
-#[path = "../../worker/tests/support/mod.rs"]
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +14,10 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
-use support::*;
+use facegroup_testkit::{
+    create_queue, images_dir, models_dir, mongo_uri, queue_counts, repo_root, sdk_config,
+    start_mongo, start_moto, worker_env,
+};
 
 #[tokio::main]
 async fn main() {
@@ -27,13 +27,9 @@ async fn main() {
 
     let moto = start_moto();
     let mongo = start_mongo();
-    let conf = sdk(&moto).await;
-    let sqs = aws_sdk_sqs::Client::new(&conf);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    );
+    let conf = sdk_config(facegroup_worker::aws::loader(), &moto).await;
+    let sqs = facegroup_worker::aws::sqs_client(&conf);
+    let s3 = facegroup_worker::aws::s3_client(&conf, true);
     let db = mongodb::Client::with_uri_str(mongo_uri(mongo.port))
         .await
         .expect("mongo");
@@ -46,7 +42,7 @@ async fn main() {
     let dlq = dlq.expect("dlq");
 
     // The sample photos, plus one corrupt file so the failure path is part of the load.
-    let dir = repo_root().join("testdata/images");
+    let dir = images_dir();
     let mut keys = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("photos") {
         let path = entry.expect("entry").path();
@@ -123,7 +119,7 @@ async fn main() {
         .env("RUST_LOG", "warn")
         .env("FACEGROUP_QUEUE_URL", &queue)
         .env("FACEGROUP_BUCKET", "bench")
-        .env("FACEGROUP_MODELS_DIR", repo_root().join("models"))
+        .env("FACEGROUP_MODELS_DIR", models_dir())
         .env("FACEGROUP_DRAIN", "true")
         .env("FACEGROUP_IDLE_EXIT_SECS", "2")
         .env("FACEGROUP_WAIT_TIME_SECS", "1")

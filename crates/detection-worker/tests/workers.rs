@@ -2,12 +2,9 @@
 //! models and real photos: end to end, and the at-least-once guarantees under crashes,
 //! redelivery, bad input, a MongoDB outage and SIGTERM.
 
-#[path = "../../worker/tests/support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -15,7 +12,11 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 
-use support::*;
+use facegroup_testkit::{
+    create_queue, free_port, image_bytes, models_dir, mongo_uri, queue_counts, repo_root,
+    sdk_config, start_mongo, start_mongo_on, start_moto, wait_exit, wait_for, worker_env, Server,
+    TempDir,
+};
 
 const GALLERY: &str = "g1";
 
@@ -35,13 +36,9 @@ async fn stack(test: &str) -> Stack {
 
 async fn stack_with_mongo(test: &str, mongo: Server) -> Stack {
     let moto = start_moto();
-    let conf = sdk(&moto).await;
-    let sqs = aws_sdk_sqs::Client::new(&conf);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    );
+    let conf = sdk_config(facegroup_worker::aws::loader(), &moto).await;
+    let sqs = facegroup_worker::aws::sqs_client(&conf);
+    let s3 = facegroup_worker::aws::s3_client(&conf, true);
     let bucket = "photos".to_string();
     s3.create_bucket()
         .bucket(&bucket)
@@ -78,7 +75,7 @@ impl Stack {
     }
 
     async fn upload_photo(&self, name: &str) -> String {
-        let bytes = std::fs::read(repo_root().join("testdata/images").join(name)).expect("photo");
+        let bytes = image_bytes(name);
         let key = format!("uploads/{name}");
         self.upload(&key, bytes).await;
         key
@@ -113,7 +110,7 @@ impl Stack {
             .envs(worker_env(&self.moto, self.mongo.port))
             .env("FACEGROUP_QUEUE_URL", queue)
             .env("FACEGROUP_BUCKET", &self.bucket)
-            .env("FACEGROUP_MODELS_DIR", repo_root().join("models"))
+            .env("FACEGROUP_MODELS_DIR", models_dir())
             .env("FACEGROUP_WAIT_TIME_SECS", "1")
             .env("FACEGROUP_VISIBILITY_SECS", "4")
             .env("FACEGROUP_HEARTBEAT_SECS", "1")
@@ -152,6 +149,14 @@ impl Stack {
         self.image(id)
             .await
             .and_then(|d| d.get_str("status").ok().map(str::to_string))
+    }
+
+    /// Images done so far (0 while MongoDB is unreachable).
+    async fn done_count(&self) -> u64 {
+        self.images()
+            .count_documents(doc! {"status": "done"})
+            .await
+            .unwrap_or(0)
     }
 
     async fn faces_of(&self, image_id: &str) -> Vec<Document> {
@@ -197,20 +202,6 @@ fn worker_binary(kind: &str) -> PathBuf {
     detection.with_file_name(format!("facegroup-{kind}-worker"))
 }
 
-async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("worker did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -228,12 +219,7 @@ fn sample_photo_variants() -> Vec<(String, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for name in names {
-        let bytes = std::fs::read(
-            repo_root()
-                .join("testdata/images")
-                .join(format!("{name}.jpg")),
-        )
-        .expect("photo (run scripts/setup.sh)");
+        let bytes = image_bytes(&format!("{name}.jpg"));
         let img = image::load_from_memory(&bytes).expect("decode sample photo");
         out.push((format!("{name}-mirror"), jpeg(&img.fliph())));
         if ["obama", "obama2", "obama3", "biden"].contains(&name) {
@@ -416,7 +402,7 @@ async fn duplicates_and_bad_input_are_handled() {
     s.send_detection(&queue, "twice", &key).await;
     s.send_detection(&queue, "twice", &key).await;
     // A truncated JPEG, a missing object, a message missing its key.
-    let mut corrupt = std::fs::read(repo_root().join("testdata/images/biden.jpg")).expect("photo");
+    let mut corrupt = image_bytes("biden.jpg");
     corrupt.truncate(300);
     s.upload("uploads/corrupt.jpg", corrupt).await;
     s.send_detection(&queue, "corrupt", "uploads/corrupt.jpg")
@@ -518,7 +504,7 @@ async fn sigkill_mid_job_leaves_no_duplicates_after_redelivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_outage_loses_no_message() {
-    let storage = tempfile::tempdir().expect("tempdir");
+    let storage = TempDir::new("outage");
     let storage_path = storage.path().join("db");
     let storage_path = storage_path.to_str().expect("utf8 path").to_string();
     let port = free_port();
@@ -539,11 +525,7 @@ async fn mongodb_outage_loses_no_message() {
     }
     let mut w = s.worker("detection", &queue, &[("FACEGROUP_MAX_IN_FLIGHT", "2")]);
     wait_for("first image done", Duration::from_secs(120), || async {
-        s.images()
-            .count_documents(doc! {"status": "done"})
-            .await
-            .unwrap_or(0)
-            >= 1
+        s.done_count().await >= 1
     })
     .await;
 
@@ -556,11 +538,7 @@ async fn mongodb_outage_loses_no_message() {
     eprintln!("mongodb restarted");
 
     wait_for("every image done", Duration::from_secs(150), || async {
-        s.images()
-            .count_documents(doc! {"status": "done"})
-            .await
-            .unwrap_or(0)
-            == photos.len() as u64
+        s.done_count().await == photos.len() as u64
     })
     .await;
     signal(&w, "-TERM");
@@ -596,11 +574,7 @@ async fn sigterm_finishes_or_releases_every_message() {
         ],
     );
     wait_for("first image done", Duration::from_secs(120), || async {
-        s.images()
-            .count_documents(doc! {"status": "done"})
-            .await
-            .unwrap_or(0)
-            >= 1
+        s.done_count().await >= 1
     })
     .await;
     signal(&w, "-TERM");

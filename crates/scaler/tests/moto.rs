@@ -2,46 +2,18 @@
 //! scripts/setup.sh): the test starts `moto_server` on a free port, switches moto's Batch to its
 //! container-less mode (submitted jobs finish at once), and runs scaling rounds.
 //!
-//! The server binary is `$MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`.
+//! The server binary is `$MOTO_SERVER`, else `<repo>/.venv/bin/moto_server` (see the test kit).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use aws_sdk_batch::types::{
     CeState, CeType, ComputeEnvironmentOrder, ContainerProperties, JobDefinitionType, JobStatus,
     JqState, ResourceRequirement, ResourceType,
 };
-use aws_sdk_sqs::config::{Credentials, Region};
 use facegroup_scaler::{scale_once, Policy, Target};
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = repo.join(".venv/bin/moto_server");
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/setup.sh (installs moto[server]) or set MOTO_SERVER",
-        p.display()
-    );
-    p
-}
+use facegroup_testkit::{sdk_config, Server};
 
 /// Minimal HTTP/1.1 request to moto (its own API, or a query-protocol call); returns
 /// (status, whole response).
@@ -70,26 +42,10 @@ fn http(
     Ok((status, out))
 }
 
-fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(moto_server_path())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let moto = Moto { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = http(port, "GET", "/moto-api/data.json", "", "") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// moto with its Batch switched to container-less mode and the IAM role Batch needs.
+fn start_moto() -> Server {
+    let moto = facegroup_testkit::start_moto();
+    let port = moto.port;
     // Batch without Docker: submitted jobs are marked SUCCEEDED at once.
     let (status, body) = http(
         port,
@@ -118,13 +74,8 @@ fn start_moto() -> Moto {
 
 const SERVICE_ROLE: &str = "arn:aws:iam::123456789012:role/batch-service";
 
-async fn clients(port: u16) -> (aws_sdk_sqs::Client, aws_sdk_batch::Client) {
-    let conf = facegroup_scaler::config_loader()
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
-        .load()
-        .await;
+async fn clients(moto: &Server) -> (aws_sdk_sqs::Client, aws_sdk_batch::Client) {
+    let conf = sdk_config(facegroup_scaler::config_loader(), moto).await;
     (
         aws_sdk_sqs::Client::new(&conf),
         aws_sdk_batch::Client::new(&conf),
@@ -161,7 +112,7 @@ async fn jobs_named(batch: &aws_sdk_batch::Client, queue: &str, name: &str) -> u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaler_against_moto_sqs_and_batch() {
     let moto = start_moto();
-    let (sqs, batch) = clients(moto.port).await;
+    let (sqs, batch) = clients(&moto).await;
 
     let queue_url = sqs
         .create_queue()

@@ -2,8 +2,6 @@
 //! so each delivery rule is seen on its own: poison messages reach the DLQ, heartbeats keep a
 //! long job's message hidden, shutdown releases unfinished messages at once.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +10,11 @@ use facegroup_worker::sqs::{consume, ConsumerConfig};
 use facegroup_worker::{Handler, JobError, JobReport, Message, Metrics, Outcome};
 use tokio_util::sync::CancellationToken;
 
-use support::*;
+use facegroup_testkit::{
+    create_queue, queue_counts, sdk_config, start_moto, wait_for, Server, TempDir,
+};
 
-fn consumer_config(queue_url: &str, dir: &tempfile::TempDir) -> ConsumerConfig {
+fn consumer_config(queue_url: &str, dir: &TempDir) -> ConsumerConfig {
     ConsumerConfig {
         queue_url: queue_url.to_string(),
         max_in_flight: 4,
@@ -59,24 +59,34 @@ impl Handler for Slow {
     }
 }
 
+/// moto (kept alive by the returned handle) and an SQS client of the worker's own SDK loader.
+async fn moto_sqs() -> (Server, aws_sdk_sqs::Client) {
+    let moto = start_moto();
+    let conf = sdk_config(facegroup_worker::aws::loader(), &moto).await;
+    (moto, aws_sdk_sqs::Client::new(&conf))
+}
+
+async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: impl Into<String>) {
+    sqs.send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .expect("send");
+}
+
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new("test", "consumer-test"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_reaches_dlq_after_max_receive_count() {
-    let moto = start_moto();
-    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (_moto, sqs) = moto_sqs().await;
     let (queue, dlq) = create_queue(&sqs, "poison", 30, Some(2)).await;
     let dlq = dlq.expect("dlq");
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body(r#"{"poison":true}"#)
-        .send()
-        .await
-        .expect("send");
+    send(&sqs, &queue, r#"{"poison":true}"#).await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let task = tokio::spawn(consume(
@@ -110,17 +120,11 @@ async fn poison_message_reaches_dlq_after_max_receive_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_keeps_a_long_job_hidden_then_it_is_deleted() {
-    let moto = start_moto();
-    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (_moto, sqs) = moto_sqs().await;
     // The queue hides a message for 2 s; the job takes 5 s.
     let (queue, _) = create_queue(&sqs, "long", 2, None).await;
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body("{}")
-        .send()
-        .await
-        .expect("send");
-    let dir = tempfile::tempdir().expect("tempdir");
+    send(&sqs, &queue, "{}").await;
+    let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let mut cfg = consumer_config(&queue, &dir);
@@ -151,19 +155,13 @@ async fn heartbeat_keeps_a_long_job_hidden_then_it_is_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_unfinished_messages_at_once() {
-    let moto = start_moto();
-    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (_moto, sqs) = moto_sqs().await;
     // A 10-minute queue visibility: only an explicit release can make them visible again soon.
     let (queue, _) = create_queue(&sqs, "release", 600, None).await;
     for i in 0..3 {
-        sqs.send_message()
-            .queue_url(&queue)
-            .message_body(format!("{{\"n\":{i}}}"))
-            .send()
-            .await
-            .expect("send");
+        send(&sqs, &queue, format!("{{\"n\":{i}}}")).await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let task = tokio::spawn(consume(
@@ -190,18 +188,12 @@ async fn shutdown_releases_unfinished_messages_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_mode_exits_when_the_queue_stays_empty() {
-    let moto = start_moto();
-    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (_moto, sqs) = moto_sqs().await;
     let (queue, _) = create_queue(&sqs, "drain", 30, None).await;
     for _ in 0..12 {
-        sqs.send_message()
-            .queue_url(&queue)
-            .message_body("{}")
-            .send()
-            .await
-            .expect("send");
+        send(&sqs, &queue, "{}").await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     let mut cfg = consumer_config(&queue, &dir);
     cfg.drain = true;
@@ -242,18 +234,12 @@ impl Handler for FatalOnFirst {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_failure_releases_every_message_and_stops() {
-    let moto = start_moto();
-    let sqs = aws_sdk_sqs::Client::new(&sdk(&moto).await);
+    let (_moto, sqs) = moto_sqs().await;
     let (queue, _) = create_queue(&sqs, "fatal", 600, None).await;
     for _ in 0..3 {
-        sqs.send_message()
-            .queue_url(&queue)
-            .message_body("{}")
-            .send()
-            .await
-            .expect("send");
+        send(&sqs, &queue, "{}").await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     // A long grace period: a fatal error must not wait for it.
     let mut cfg = consumer_config(&queue, &dir);
