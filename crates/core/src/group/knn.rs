@@ -113,9 +113,9 @@ impl Default for KnnConfig {
 }
 
 /// Defaults of the partitioned search, measured with the `grouping` bench (see the README).
-const LIST_SIZE: usize = 1000;
+const LIST_SIZE: usize = 500;
 const TRAIN_PER_LIST: usize = 32;
-const SPILL: usize = 2;
+const SPILL: usize = 4;
 const REFINE_ROUNDS: usize = 2;
 const REFINE_FANOUT: usize = 12;
 /// k-means iterations of the partitioned search.
