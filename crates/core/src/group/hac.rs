@@ -75,7 +75,10 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
     } = *input;
     let n = images.len();
     let mut state = State {
-        sums: data.to_vec(),
+        data,
+        slot: vec![NO_SLOT; n],
+        sums: Vec::new(),
+        free: Vec::new(),
         dim,
         size: vec![1; n],
         photos: images.iter().map(|&p| vec![p]).collect(),
@@ -135,8 +138,17 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
     roots
 }
 
-struct State {
+/// `State::slot` of a cluster that is still one face: its sum is its row of `data`.
+const NO_SLOT: u32 = u32::MAX;
+
+/// Live clusters, indexed by their root face. Embedding sums are stored only for clusters of two
+/// or more faces (`slot` -> `sums`, slots of absorbed clusters reused); a single face's sum is
+/// its row of `data`, so clustering adds no second copy of the embeddings.
+struct State<'a> {
+    data: &'a [f32],
+    slot: Vec<u32>,
     sums: Vec<f32>,
+    free: Vec<u32>,
     dim: usize,
     size: Vec<u32>,
     /// Sorted photo ids of each live cluster.
@@ -145,14 +157,19 @@ struct State {
     parent: Vec<usize>,
 }
 
-impl State {
+impl State<'_> {
     fn linkage(&self, a: usize, b: usize) -> f32 {
-        let d = self.dim;
-        let s = dot(
-            &self.sums[a * d..(a + 1) * d],
-            &self.sums[b * d..(b + 1) * d],
-        );
+        let s = dot(self.sum(a), self.sum(b));
         s / (self.size[a] as f32 * self.size[b] as f32)
+    }
+
+    /// Embedding sum of the live cluster rooted at `a`.
+    fn sum(&self, a: usize) -> &[f32] {
+        let d = self.dim;
+        match self.slot[a] {
+            NO_SLOT => &self.data[a * d..(a + 1) * d],
+            s => &self.sums[s as usize * d..(s as usize + 1) * d],
+        }
     }
 
     fn share_photo(&self, a: usize, b: usize) -> bool {
@@ -185,9 +202,38 @@ impl State {
 
     fn merge(&mut self, keep: usize, gone: usize) {
         let d = self.dim;
-        let (head, tail) = self.sums.split_at_mut(gone * d);
-        for (x, y) in head[keep * d..(keep + 1) * d].iter_mut().zip(&tail[..d]) {
-            *x += y;
+        if self.slot[keep] == NO_SLOT {
+            let s = match self.free.pop() {
+                Some(s) => s,
+                None => {
+                    self.sums.resize(self.sums.len() + d, 0.0);
+                    (self.sums.len() / d - 1) as u32
+                }
+            };
+            let at = s as usize * d;
+            self.sums[at..at + d].copy_from_slice(&self.data[keep * d..(keep + 1) * d]);
+            self.slot[keep] = s;
+        }
+        let at = self.slot[keep] as usize * d;
+        let gone_slot = std::mem::replace(&mut self.slot[gone], NO_SLOT);
+        if gone_slot == NO_SLOT {
+            let row = &self.data[gone * d..(gone + 1) * d];
+            for (x, y) in self.sums[at..at + d].iter_mut().zip(row) {
+                *x += y;
+            }
+        } else {
+            let g = gone_slot as usize * d;
+            let (into, from) = if at < g {
+                let (head, tail) = self.sums.split_at_mut(g);
+                (&mut head[at..at + d], &tail[..d])
+            } else {
+                let (head, tail) = self.sums.split_at_mut(at);
+                (&mut tail[..d], &head[g..g + d])
+            };
+            for (x, y) in into.iter_mut().zip(from) {
+                *x += y;
+            }
+            self.free.push(gone_slot);
         }
         self.size[keep] += self.size[gone];
         let gone_photos = std::mem::take(&mut self.photos[gone]);

@@ -1,12 +1,62 @@
 //! The k-nearest-neighbour graph over unit embeddings that grouping works on.
 //!
 //! Inner product of L2-normalised vectors is cosine similarity, so the graph is built with
-//! inner-product search: FAISS `IndexFlatIP` (exact) up to [`KnnConfig::exact_max`] faces; above
-//! it an approximate partitioned search (k-means lists, each face stored in its
-//! [`KnnConfig::partition_spill`] nearest lists, every list searched exactly as one dense matrix
-//! product, see [`partitioned_search`]), or FAISS's IVF index on the GPU with the `gpu` feature.
+//! inner-product search. Three regimes, by the number of faces `N`:
+//!
+//! - **Exact** up to [`KnnConfig::exact_max`] faces: FAISS `IndexFlatIP`, `N^2 d` flops as dense
+//!   matrix products. The labelled eval sets and every personal library take this path, so their
+//!   grouping does not depend on any approximation below.
+//! - **Partitioned + refined** above it, on the CPU ([`partitioned_graph`], then [`refine`]).
+//! - **GPU** with the `gpu` feature and [`KnnConfig::gpu`]: exact search with fp16 vectors up to
+//!   [`KnnConfig::gpu_exact_max`] faces, an IVF index trained and searched on the GPU above
+//!   ([`gpu_search`]); the CPU only refines.
+//!
 //! Without the `faiss` feature an exact blocked search in Rust stands in, so the crate still
 //! builds where the FAISS C API is not installed.
+//!
+//! # Why partitioned + refined, and what it costs
+//!
+//! What grouping needs from the graph is the *same-person* edges (cos >= ~0.3): merges only
+//! follow edges at or above the lowest merge threshold. Those edges have a structure a generic
+//! ANN index does not exploit: one person's faces are all close to each other, so an edge a
+//! first pass misses is almost always the neighbour of a neighbour that it found.
+//!
+//! 1. **Lists of bounded size.** Spherical k-means with `L = N / list_size` centroids
+//!    ([`KnnConfig::list_size`]), trained on [`KnnConfig::train_per_list`] strided faces per
+//!    centroid. The old design used `2 sqrt(N)` lists, so a list held `sqrt(N) / 2` faces from
+//!    ever more people and the chance that two faces of one person share a list fell with `N`
+//!    (same-person edge recall 0.98 at 100k, 0.56 at 1M). A bounded list holds a bounded number of
+//!    people whatever `N`, so that chance, and the recall, stay put.
+//! 2. **Spill.** Each face is stored in its [`KnnConfig::partition_spill`] nearest lists and
+//!    searched, exactly (one dense matrix product per list), against the faces stored in its
+//!    nearest list; the graph is then symmetrised ([`symmetrise`]): an edge is lost only when both
+//!    directions missed it.
+//! 3. **Refinement** ([`refine`], NN-descent's local join): for every face, the neighbours of its
+//!    first [`KnnConfig::refine_fanout`] neighbours (edges >= [`KnnConfig::refine_min_similarity`]
+//!    only) are scored with exact dot products and replace worse neighbours;
+//!    [`KnnConfig::refine_rounds`] rounds. A person whose faces fell into several lists is joined
+//!    up as soon as one face of each part found one face of another.
+//!
+//! Cost in multiply-adds, `T = train_per_list`, `I` k-means iterations, `s` spill, `f` fanout,
+//! `r` rounds:
+//!
+//! ```text
+//! train   T L * L d * I   = T I d N^2 / list_size^2
+//! assign  N * L d         =     d N^2 / list_size
+//! search  N * s list_size d
+//! refine  r N f^2 d       (candidates are de-duplicated: far fewer for small persons)
+//! ```
+//!
+//! Search and refinement are linear in `N`; training and assignment grow as `N^2` but with a
+//! `1 / list_size` factor. With the defaults (`list_size` 500, `T` 32, `I` 10, `s` 4, `f` 12):
+//! at 100k faces train 6.6e9, assign 1.0e10, search 1.0e11 multiply-adds; at 1M faces train
+//! 6.6e11, assign 1.0e12, search 1.0e12, so past ~1M the quadratic terms dominate and the GPU
+//! path or the sharded build of `docs/scale.md` takes over (a two-level quantizer would make
+//! them `N^1.5`; not done). Measured figures: `docs/scale.md`. Memory: the embeddings (`N d`
+//! floats, never copied), the graph twice during refinement (`2 N k` x 8 bytes) and one list's
+//! vectors at a time.
+//! Deterministic: seeded k-means on a fixed sample, lists searched in order, every row refined
+//! independently of thread timing.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,18 +74,26 @@ pub struct KnnConfig {
     /// Largest number of faces searched exactly (`IndexFlatIP`, O(N^2 d) time, O(N d) memory).
     /// Default 50 000, a large personal library, searched in well under a minute on a laptop CPU.
     pub exact_max: usize,
-    /// Inverted lists the GPU IVF index (`gpu` feature) probes per query (of about 4 sqrt(N)).
-    /// The CPU search above `exact_max` uses [`Self::partition_spill`] instead. Default 32: a fixed
-    /// count keeps a query at O(sqrt(N)) vectors, so the graph costs O(N^1.5 d) rather than
-    /// O(N^2 d); one person's faces are tight and fall in few, neighbouring lists, and probing
-    /// too few (e.g. 1) was measured to split a person whose faces straddle two lists.
-    pub ivf_nprobe: usize,
-    /// Above `exact_max` on the CPU: how many of the about 2 sqrt(N) k-means lists each face is
-    /// stored in (its nearest centroids); a face is searched, exactly, against the faces stored in
-    /// its own nearest list. Default 8, measured on 100k synthetic faces (bench `grouping`):
-    /// recall of same-person edges (cos >= 0.3) 0.984 after symmetrising the graph (32: 0.993,
-    /// with 2.5x the search time). Search time grows linearly with it.
+    /// Faces per k-means list of the CPU search above `exact_max` (the number of lists is
+    /// `N / list_size`). Bounded so that a list holds a bounded number of people at any `N`.
+    pub list_size: usize,
+    /// Faces per list the k-means trains on (a strided sample of `train_per_list` x lists).
+    pub train_per_list: usize,
+    /// How many of its nearest lists each face is stored in; a face is searched against the faces
+    /// stored in its own nearest list. Search time grows linearly with it.
     pub partition_spill: usize,
+    /// Neighbour-of-neighbour rounds after the partitioned search (0: none).
+    pub refine_rounds: usize,
+    /// Neighbours of a face, and of each of them, that a refinement round looks through.
+    pub refine_fanout: usize,
+    /// Edges below this similarity are not followed by the refinement. Default 0.2, the lowest
+    /// merge threshold of the default [`super::GroupConfig`]: weaker edges never merge anything.
+    pub refine_min_similarity: f32,
+    /// Inverted lists the GPU IVF index (`gpu` feature, above `gpu_exact_max`) probes per query.
+    pub ivf_nprobe: usize,
+    /// Largest number of faces the GPU searches exactly (fp16 vectors: 1 KiB a face, so 4M faces
+    /// take 4 GiB of GPU memory and `N^2 d` = 8e15 multiply-adds, minutes on one GPU).
+    pub gpu_exact_max: usize,
     /// Search on the GPU (only with the `gpu` feature; ignored otherwise).
     pub gpu: bool,
 }
@@ -45,12 +103,31 @@ impl Default for KnnConfig {
         Self {
             k: 32,
             exact_max: 50_000,
+            list_size: LIST_SIZE,
+            train_per_list: TRAIN_PER_LIST,
+            partition_spill: SPILL,
+            refine_rounds: REFINE_ROUNDS,
+            refine_fanout: REFINE_FANOUT,
+            refine_min_similarity: 0.2,
             ivf_nprobe: 32,
-            partition_spill: 8,
+            gpu_exact_max: 4_000_000,
             gpu: cfg!(feature = "gpu"),
         }
     }
 }
+
+/// Defaults of the partitioned search, chosen with the `grouping` bench at 100k uniform faces
+/// (same-person edge recall after refinement: lists of 1000 / spill 2: 0.847; 500 / 4: 0.979;
+/// 158 / 2: 0.945; 158 / 4: 0.989, but 158-face lists mean 6,300 lists at 1M and 4x the
+/// training and assignment of 500).
+const LIST_SIZE: usize = 500;
+const TRAIN_PER_LIST: usize = 32;
+const SPILL: usize = 4;
+const REFINE_ROUNDS: usize = 2;
+const REFINE_FANOUT: usize = 12;
+/// k-means iterations of the partitioned search.
+#[cfg(feature = "faiss")]
+const TRAIN_ITERS: u32 = 10;
 
 /// `k` nearest other faces of every face, most similar first. Row `i` holds `k` slots;
 /// unused slots (fewer than `k` other faces) have `u32::MAX` and similarity `-inf`.
@@ -91,6 +168,12 @@ impl KnnGraph {
                 similarities: Vec::new(),
             });
         }
+        #[cfg(feature = "faiss")]
+        if n > cfg.exact_max && !(cfg!(feature = "gpu") && cfg.gpu) {
+            let mut graph = partitioned_graph(data, dim, n, k, cfg)?;
+            refine(&mut graph, data, dim, cfg);
+            return Ok(graph);
+        }
         // One extra hit: the face itself is normally its own best match and is dropped.
         let (sims, labels) = search(data, dim, n, k + 1, cfg)?;
         let mut neighbours = vec![u32::MAX; n * k];
@@ -110,15 +193,26 @@ impl KnnGraph {
                     sm[slot] = s;
                 }
             });
-        Ok(Self {
+        let mut graph = Self {
             k,
             neighbours,
             similarities,
-        })
+        };
+        if gpu_ivf(n, cfg) {
+            // Only the GPU's IVF index is approximate here; the exact searches need no refining.
+            refine(&mut graph, data, dim, cfg);
+        }
+        Ok(graph)
     }
 }
 
-/// Raw `(similarities, labels)` of the `k` best matches of every vector, row-major.
+/// Whether `n` faces go to the GPU's (approximate) IVF index.
+fn gpu_ivf(n: usize, cfg: &KnnConfig) -> bool {
+    cfg!(feature = "gpu") && cfg.gpu && n > cfg.exact_max && n > cfg.gpu_exact_max
+}
+
+/// Raw `(similarities, labels)` of the `k` best matches of every vector, row-major: exact on the
+/// CPU, or on the GPU with the `gpu` feature.
 #[cfg(feature = "faiss")]
 fn search(
     data: &[f32],
@@ -127,29 +221,16 @@ fn search(
     k: usize,
     cfg: &KnnConfig,
 ) -> Result<(Vec<f32>, Vec<i64>), GroupError> {
-    use faiss::index::UpcastIndex;
     use faiss::{index_factory, Index, MetricType};
 
     let faiss_err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
     let d = u32::try_from(dim).map_err(|_| GroupError::Faiss(format!("dimension {dim}")))?;
-    let result = if n <= cfg.exact_max {
+    let result = if cfg!(feature = "gpu") && cfg.gpu && n > cfg.exact_max {
+        gpu_search(data, d, n, k, cfg)?
+    } else {
         let mut index = index_factory(d, "Flat", MetricType::InnerProduct).map_err(faiss_err)?;
         index.add(data).map_err(faiss_err)?;
-        run_search(index, data, k, cfg)?
-    } else if cfg!(feature = "gpu") && cfg.gpu {
-        // FAISS's rule of thumb: about 4 sqrt(N) lists, each trained from >= 39 points.
-        let nlist = ((4.0 * (n as f64).sqrt()) as usize).clamp(1, (n / 39).max(1));
-        let index = index_factory(d, format!("IVF{nlist},Flat"), MetricType::InnerProduct)
-            .map_err(faiss_err)?;
-        let mut ivf = index.into_ivf_flat().map_err(faiss_err)?;
-        ivf.set_nprobe(cfg.ivf_nprobe.clamp(1, nlist) as u32);
-        // FAISS trains k-means with a fixed seed on a seeded subsample (at most 256 points per
-        // list), so the index, and hence the graph, is the same on every run.
-        ivf.train(data).map_err(faiss_err)?;
-        ivf.add(data).map_err(faiss_err)?;
-        run_search(ivf.upcast(), data, k, cfg)?
-    } else {
-        return partitioned_search(data, dim, n, k, cfg);
+        index.search(data, k).map_err(faiss_err)?
     };
     Ok((
         result.distances,
@@ -161,37 +242,80 @@ fn search(
     ))
 }
 
-/// Approximate search for large `n`, built from exact dense matrix products (BLAS), which on a
-/// CPU run several times faster per inner product than FAISS's IVF list scans:
+/// The GPU search (FAISS GPU index): exact over fp16 vectors up to [`KnnConfig::gpu_exact_max`]
+/// faces, an IVF index above, trained (k-means), filled and searched on the GPU, so neither
+/// step takes the worker's CPUs.
 ///
-/// 1. spherical k-means, `nlist` = 2 sqrt(n) centroids, trained on a strided sample of
-///    [`TRAIN_PER_LIST`] faces per centroid for [`TRAIN_ITERS`] iterations (FAISS's `IVF`
-///    trains on up to 256 per list for 25, which at 1M faces alone is hours on 2 cores);
-/// 2. every face is stored in its `spill` nearest lists and belongs to its nearest one;
-/// 3. per list, an exact `IndexFlatIP` search of the faces that belong to it against the faces
-///    stored in it (about n/nlist x spill n/nlist);
-/// 4. the graph is symmetrised ([`symmetrise`]).
-///
-/// Cost O(n sqrt(n) d (1 + spill)): training and assignment are O(n sqrt(n) d) matrix products,
-/// the search O(n spill sqrt(n) d / 2). Memory O(n (d + k + spill)). Deterministic: seeded
-/// k-means on a fixed sample, lists searched in order.
+/// Exact fp16 is spelled `IVF1,SQfp16`: one inverted list probed by every query is a brute
+/// force scan, and FAISS clones an IVF scalar-quantizer index to the GPU with its vectors in
+/// fp16 (half the memory of `Flat`, and the GPU's fp16 dot products), which the `faiss` crate
+/// cannot ask of a `Flat` index (it exposes no `GpuClonerOptions`).
+#[cfg(feature = "gpu")]
+fn gpu_search(
+    data: &[f32],
+    d: u32,
+    n: usize,
+    k: usize,
+    cfg: &KnnConfig,
+) -> Result<faiss::index::SearchResult, GroupError> {
+    use faiss::index::UpcastIndex;
+    use faiss::{index_factory, Index, MetricType, StandardGpuResources};
+
+    let err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
+    let res = StandardGpuResources::new().map_err(err)?;
+    let cpu = if n <= cfg.gpu_exact_max {
+        index_factory(d, "IVF1,SQfp16", MetricType::InnerProduct).map_err(err)?
+    } else {
+        // FAISS's rule of thumb: about 4 sqrt(N) lists, each trained from >= 39 points.
+        let nlist = ((4.0 * (n as f64).sqrt()) as usize).clamp(1, (n / 39).max(1));
+        let index =
+            index_factory(d, format!("IVF{nlist},Flat"), MetricType::InnerProduct).map_err(err)?;
+        let mut ivf = index.into_ivf_flat().map_err(err)?;
+        // Set before cloning: the GPU index copies nprobe from the CPU one.
+        ivf.set_nprobe(cfg.ivf_nprobe.clamp(1, nlist) as u32);
+        ivf.upcast()
+    };
+    // Cloned untrained: FAISS's k-means then runs on the GPU (seeded, deterministic sample).
+    let mut gpu = cpu.into_gpu(&res, 0).map_err(err)?;
+    gpu.train(data).map_err(err)?;
+    gpu.add(data).map_err(err)?;
+    gpu.search(data, k).map_err(err)
+}
+
+#[cfg(all(feature = "faiss", not(feature = "gpu")))]
+fn gpu_search(
+    _data: &[f32],
+    _d: u32,
+    _n: usize,
+    _k: usize,
+    _cfg: &KnnConfig,
+) -> Result<faiss::index::SearchResult, GroupError> {
+    Err(GroupError::Faiss(
+        "built without the `gpu` feature".to_owned(),
+    ))
+}
+
+/// The CPU search above `exact_max` (steps 1 and 2 of the module doc), built from exact dense
+/// matrix products (BLAS), which on a CPU run several times faster per inner product than
+/// FAISS's IVF list scans. Rows exclude the face itself and are sorted, most similar first.
 #[cfg(feature = "faiss")]
-fn partitioned_search(
+fn partitioned_graph(
     data: &[f32],
     dim: usize,
     n: usize,
     k: usize,
     cfg: &KnnConfig,
-) -> Result<(Vec<f32>, Vec<i64>), GroupError> {
+) -> Result<KnnGraph, GroupError> {
     use faiss::cluster::{Clustering, ClusteringParameters};
     use faiss::{FlatIndex, Index};
 
     let faiss_err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
-    let d = dim as u32;
-    let nlist = ((2.0 * (n as f64).sqrt()) as usize).clamp(1, (n / 64).max(1));
+    let d = u32::try_from(dim).map_err(|_| GroupError::Faiss(format!("dimension {dim}")))?;
+    let nlist = (n / cfg.list_size.max(1)).clamp(1, n);
     let spill = cfg.partition_spill.clamp(1, nlist);
+    let per_list = cfg.train_per_list.max(1);
     let started = std::time::Instant::now();
-    let ns = (TRAIN_PER_LIST * nlist).min(n);
+    let ns = (per_list * nlist).min(n);
     let step = n / ns;
     let sample: Vec<f32> = (0..ns)
         .flat_map(|i| data[i * step * dim..(i * step + 1) * dim].iter().copied())
@@ -200,34 +324,40 @@ fn partitioned_search(
     params.set_spherical(true);
     params.set_niter(TRAIN_ITERS);
     // FAISS warns below 39 points per centroid; fewer suffice for partitioning.
-    params.set_min_points_per_centroid(TRAIN_PER_LIST as u32);
+    params.set_min_points_per_centroid(per_list.min(39) as u32);
     let mut clus = Clustering::new_with_params(d, nlist as u32, &params).map_err(faiss_err)?;
     let mut qidx = FlatIndex::new_ip(d).map_err(faiss_err)?;
     clus.train(&sample, &mut qidx).map_err(faiss_err)?;
     drop(sample);
     let centroids: Vec<f32> = clus.centroids().map_err(faiss_err)?.concat();
+    drop(clus);
     let train_s = started.elapsed().as_secs_f64();
+
     let started = std::time::Instant::now();
     let mut quantizer = FlatIndex::new_ip(d).map_err(faiss_err)?;
     quantizer.add(&centroids).map_err(faiss_err)?;
     let assign = quantizer.search(data, spill).map_err(faiss_err)?;
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); nlist];
-    let mut db: Vec<Vec<u32>> = vec![Vec::new(); nlist];
+    let mut stored: Vec<Vec<u32>> = vec![Vec::new(); nlist];
     for (i, row) in assign.labels.chunks_exact(spill).enumerate() {
         for (j, l) in row.iter().enumerate() {
-            if let Some(l) = l.get() {
+            if let Some(l) = l.get().filter(|&l| (l as usize) < nlist) {
                 if j == 0 {
                     members[l as usize].push(i as u32);
                 }
-                db[l as usize].push(i as u32);
+                stored[l as usize].push(i as u32);
             }
         }
     }
     drop(assign);
     let assign_s = started.elapsed().as_secs_f64();
+
     let started = std::time::Instant::now();
-    let mut sims = vec![f32::NEG_INFINITY; n * k];
-    let mut labels = vec![-1i64; n * k];
+    let mut graph = KnnGraph {
+        k,
+        neighbours: vec![u32::MAX; n * k],
+        similarities: vec![f32::NEG_INFINITY; n * k],
+    };
     let gather = |ids: &[u32]| -> Vec<f32> {
         let mut out = Vec::with_capacity(ids.len() * dim);
         for &i in ids {
@@ -235,27 +365,32 @@ fn partitioned_search(
         }
         out
     };
-    for (queries, base) in members.iter().zip(&db) {
+    for (queries, base) in members.iter().zip(&stored) {
         if queries.is_empty() {
             continue;
         }
-        let kk = k.min(base.len());
+        // One extra hit for the face itself, which is dropped.
+        let kk = (k + 1).min(base.len());
         let mut index = FlatIndex::new_ip(d).map_err(faiss_err)?;
         index.add(&gather(base)).map_err(faiss_err)?;
         let r = index.search(&gather(queries), kk).map_err(faiss_err)?;
         for (qi, &q) in queries.iter().enumerate() {
-            let q = q as usize;
-            for j in 0..kk {
-                if let Some(l) = r.labels[qi * kk + j].get() {
-                    labels[q * k + j] = base[l as usize] as i64;
-                    sims[q * k + j] = r.distances[qi * kk + j];
-                }
+            let row = q as usize * k..(q as usize + 1) * k;
+            let hits = r.labels[qi * kk..(qi + 1) * kk]
+                .iter()
+                .zip(&r.distances[qi * kk..(qi + 1) * kk])
+                .filter_map(|(l, &s)| Some((base.get(l.get()? as usize).copied()?, s)))
+                .filter(|&(b, _)| b != q)
+                .take(k);
+            for (slot, (b, s)) in row.zip(hits) {
+                graph.neighbours[slot] = b;
+                graph.similarities[slot] = s;
             }
         }
     }
     let search_s = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    symmetrise(&mut sims, &mut labels, k);
+    symmetrise(&mut graph);
     tracing::debug!(
         nlist,
         spill,
@@ -265,85 +400,141 @@ fn partitioned_search(
         symmetrise_s = started.elapsed().as_secs_f64(),
         "partitioned kNN search"
     );
-    Ok((sims, labels))
+    Ok(graph)
+}
+
+/// Neighbour-of-neighbour refinement (step 3 of the module doc): each round scores, for every
+/// face, the neighbours of its first `refine_fanout` neighbours that it does not hold yet, with
+/// exact dot products, and keeps the best `k`. Rounds stop early when nothing changed; the
+/// result is symmetrised again. Rows are computed from the previous round's graph only, so the
+/// result does not depend on thread timing.
+fn refine(graph: &mut KnnGraph, data: &[f32], dim: usize, cfg: &KnnConfig) {
+    let (n, k) = (graph.len(), graph.k);
+    let fanout = cfg.refine_fanout.min(k);
+    let min_sim = cfg.refine_min_similarity;
+    if n == 0 || fanout == 0 || cfg.refine_rounds == 0 {
+        return;
+    }
+    for round in 0..cfg.refine_rounds {
+        let started = std::time::Instant::now();
+        let old = &*graph;
+        let mut neighbours = old.neighbours.clone();
+        let mut similarities = old.similarities.clone();
+        let (scored, improved) = neighbours
+            .par_chunks_mut(k)
+            .zip(similarities.par_chunks_mut(k))
+            .enumerate()
+            .map(|(a, (nb, sm))| {
+                let mut candidates: Vec<u32> = Vec::new();
+                for (c, _) in old.row(a).take(fanout).take_while(|&(_, s)| s >= min_sim) {
+                    candidates.extend(
+                        old.row(c)
+                            .take(fanout)
+                            .take_while(|&(_, s)| s >= min_sim)
+                            .map(|(e, _)| e as u32)
+                            .filter(|&e| e as usize != a),
+                    );
+                }
+                candidates.sort_unstable();
+                candidates.dedup();
+                candidates.retain(|e| !nb.contains(e));
+                let qa = &data[a * dim..(a + 1) * dim];
+                let mut improved = 0usize;
+                for &e in &candidates {
+                    let s = super::dot(qa, &data[e as usize * dim..(e as usize + 1) * dim]);
+                    improved += usize::from(insert_sorted(nb, sm, e, s));
+                }
+                (candidates.len(), improved)
+            })
+            .reduce(|| (0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+        graph.neighbours = neighbours;
+        graph.similarities = similarities;
+        tracing::debug!(
+            round,
+            scored,
+            improved,
+            refine_s = started.elapsed().as_secs_f64(),
+            "kNN refinement"
+        );
+        if improved == 0 {
+            break;
+        }
+    }
+    symmetrise(graph);
+}
+
+/// Puts `(e, s)` into the sorted row `(nb, sm)` if it beats the worst entry; true if it did.
+fn insert_sorted(nb: &mut [u32], sm: &mut [f32], e: u32, s: f32) -> bool {
+    let Some(last) = sm.len().checked_sub(1) else {
+        return false;
+    };
+    if s <= sm[last] || s.is_nan() {
+        return false;
+    }
+    let mut j = last;
+    while j > 0 && sm[j - 1] < s {
+        sm[j] = sm[j - 1];
+        nb[j] = nb[j - 1];
+        j -= 1;
+    }
+    sm[j] = s;
+    nb[j] = e;
+    true
 }
 
 /// Similarity is symmetric: where face `a` found `b` but `b` missed `a` (the two fell in
 /// different lists), gives `b` the edge too if it beats `b`'s worst neighbour. Rows stay sorted,
 /// most similar first. An edge is then lost only when both directions missed it.
-#[cfg(feature = "faiss")]
-fn symmetrise(sims: &mut [f32], labels: &mut [i64], k: usize) {
-    let n = sims.len() / k;
-    // Reverse edges (b <- a, s) grouped by b.
-    let mut rev: Vec<(u32, u32, f32)> = Vec::with_capacity(n * k);
-    for a in 0..n {
-        for j in 0..k {
-            let b = labels[a * k + j];
-            if b >= 0 && b as usize != a {
-                rev.push((b as u32, a as u32, sims[a * k + j]));
-            }
-        }
+///
+/// Memory: only reverse edges that beat the row's current worst are kept (counted, then filled,
+/// by target), at most `N k` x 8 bytes and far fewer in practice.
+fn symmetrise(graph: &mut KnnGraph) {
+    let (n, k) = (graph.len(), graph.k);
+    if n == 0 || k == 0 {
+        return;
     }
-    rev.par_sort_unstable_by_key(|e| e.0);
+    let worst: Vec<f32> = graph
+        .similarities
+        .chunks_exact(k)
+        .map(|r| r[k - 1])
+        .collect();
+    let reverse = |a: usize| {
+        let g = &*graph;
+        let worst = &worst;
+        g.row(a)
+            .filter(move |&(b, s)| b != a && s > worst[b])
+            .map(move |(b, s)| (b, a as u32, s))
+    };
     let mut starts = vec![0usize; n + 1];
-    for e in &rev {
-        starts[e.0 as usize + 1] += 1;
+    for a in 0..n {
+        for (b, _, _) in reverse(a) {
+            starts[b + 1] += 1;
+        }
     }
     for i in 0..n {
         starts[i + 1] += starts[i];
     }
-    sims.par_chunks_mut(k)
-        .zip(labels.par_chunks_mut(k))
+    let mut fill = starts.clone();
+    let mut rev: Vec<(u32, f32)> = vec![(0, 0.0); starts[n]];
+    for a in 0..n {
+        for (b, a, s) in reverse(a) {
+            rev[fill[b]] = (a, s);
+            fill[b] += 1;
+        }
+    }
+    drop(fill);
+    graph
+        .neighbours
+        .par_chunks_mut(k)
+        .zip(graph.similarities.par_chunks_mut(k))
         .enumerate()
-        .for_each(|(b, (sm, lb))| {
-            let mut row: Vec<(f32, i64)> = sm.iter().copied().zip(lb.iter().copied()).collect();
-            for &(_, a, s) in &rev[starts[b]..starts[b + 1]] {
-                if s > row[k - 1].0 && !row.iter().any(|r| r.1 == a as i64) {
-                    row[k - 1] = (s, a as i64);
-                    row.sort_by(|x, y| y.0.total_cmp(&x.0));
+        .for_each(|(b, (nb, sm))| {
+            for &(a, s) in &rev[starts[b]..starts[b + 1]] {
+                if !nb.contains(&a) {
+                    insert_sorted(nb, sm, a, s);
                 }
             }
-            for (j, (s, l)) in row.into_iter().enumerate() {
-                sm[j] = s;
-                lb[j] = l;
-            }
         });
-}
-
-/// Faces per centroid the partitioned search's k-means trains on (see [`partitioned_search`]).
-const TRAIN_PER_LIST: usize = 32;
-/// k-means iterations of the partitioned search.
-const TRAIN_ITERS: u32 = 10;
-
-#[cfg(all(feature = "faiss", not(feature = "gpu")))]
-fn run_search(
-    mut index: faiss::index::IndexImpl,
-    data: &[f32],
-    k: usize,
-    _cfg: &KnnConfig,
-) -> Result<faiss::index::SearchResult, GroupError> {
-    use faiss::Index;
-    index
-        .search(data, k)
-        .map_err(|e| GroupError::Faiss(e.to_string()))
-}
-
-#[cfg(feature = "gpu")]
-fn run_search(
-    mut index: faiss::index::IndexImpl,
-    data: &[f32],
-    k: usize,
-    cfg: &KnnConfig,
-) -> Result<faiss::index::SearchResult, GroupError> {
-    use faiss::{Index, StandardGpuResources};
-
-    let err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
-    if !cfg.gpu {
-        return index.search(data, k).map_err(err);
-    }
-    let res = StandardGpuResources::new().map_err(err)?;
-    let mut gpu = index.into_gpu(&res, 0).map_err(err)?;
-    gpu.search(data, k).map_err(err)
 }
 
 /// Exact blocked inner-product search, for builds without FAISS.

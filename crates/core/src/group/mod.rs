@@ -28,6 +28,7 @@
 
 pub mod baselines;
 pub mod hac;
+pub mod incremental;
 pub mod knn;
 pub mod metrics;
 mod mode;
