@@ -1,10 +1,29 @@
-//! One grouping job: faces from MongoDB + the previous run from S3 -> persons -> new run and
-//! `latest` pointer in S3 -> person ids on the faces. A redelivered job regroups from the run it
-//! itself wrote, so person ids stay stable across retries.
+//! One grouping job, run under the gallery's lease (`facegroup_worker::gallery`):
+//!
+//! 1. take the lease (its fencing token is the run number), or coalesce into the holder's lease
+//!    and finish at once (the holder runs once more after its commit);
+//! 2. faces from MongoDB; the previous run's persons from the committed run JSON, read by the
+//!    exact key MongoDB records (the worker never reads an S3 key that may not exist: under the
+//!    job role's GetObject-without-ListBucket a miss would be a 403);
+//! 3. group, number new persons from the stored next person number (ids are never reused);
+//! 4. write `groups/{gallery}/{run}.json`, then commit the run pointer in MongoDB, conditional
+//!    on still holding the lease (which the commit releases, taking coalesced requests);
+//! 5. person ids on the faces, fenced by the run number; `latest.json` as a convenience copy
+//!    for readers; one follow-up grouping job if requests were coalesced.
+//!
+//! Steps 2-4 run next to a task that renews the lease; losing it cancels the job before the
+//! commit. An empty face set commits nothing, so the previous run and its numbering stay.
+//! Failures: FAISS errors and a panic of the grouping thread are suspect (the consumer probes
+//! the grouping engine on a fixed synthetic set: a failing probe means a broken GPU/FAISS and
+//! exit 3); bad stored data is permanent; store trouble and a lost lease are temporary.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use facegroup_core::{regroup, GroupConfig, GroupError, GroupMode, Groups};
+use facegroup_core::{group_faces, regroup, FaceInput, GroupConfig, GroupError, GroupMode, Groups};
+use facegroup_worker::gallery::{
+    Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
+};
 use facegroup_worker::jobs::{self, GroupingJob};
 use facegroup_worker::mongo::MongoStore;
 use facegroup_worker::s3::S3Store;
@@ -16,9 +35,31 @@ use tracing::{info, warn};
 pub struct GroupingHandler {
     pub s3: S3Store,
     pub mongo: MongoStore,
+    pub galleries: GalleryStore,
+    /// For the follow-up job of coalesced requests: the queue this worker consumes.
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
     pub groups_prefix: String,
     pub model_version: String,
     pub config: GroupConfig,
+    pub lease: LeaseTiming,
+}
+
+/// How long a lease lasts without renewal, and how often the job renews it.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_every: Duration,
+}
+
+impl LeaseTiming {
+    /// Renewal four times per lifetime: three renewals may fail before the lease expires.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            renew_every: (ttl / 4).max(Duration::from_millis(500)),
+        }
+    }
 }
 
 /// `groups/{gallery}/{run}.json`.
@@ -26,6 +67,9 @@ pub struct GroupingHandler {
 pub struct GroupRun {
     pub gallery_id: String,
     pub run_id: String,
+    /// The lease's fencing token: strictly increasing per gallery in commit order.
+    #[serde(default)]
+    pub run_number: u64,
     pub mode: GroupMode,
     pub model_version: String,
     pub created_at_ms: u64,
@@ -34,10 +78,12 @@ pub struct GroupRun {
     pub unassigned: Vec<String>,
 }
 
-/// `groups/{gallery}/latest.json`: which run is current.
+/// `groups/{gallery}/latest.json`: a convenience copy of the committed run pointer for readers
+/// (the worker itself never reads it; MongoDB's `huemn.galleries` is authoritative).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Latest {
     pub run_id: String,
+    pub run_number: u64,
     pub key: String,
 }
 
@@ -52,59 +98,26 @@ impl Handler for GroupingHandler {
             }
             cfg.min_quality = q;
         }
-        // Cleared first: faces that arrive while this job runs must be able to trigger the next.
-        self.mongo.clear_grouping_pending(&job.gallery_id).await?;
-        let faces = self
-            .mongo
-            .gallery_faces(&job.gallery_id, &self.model_version)
-            .await?;
-        let previous = self.previous(&job.gallery_id).await?;
-        let prev_groups = previous.map(|p| Groups {
-            persons: p.persons,
-            unassigned: p.unassigned,
-        });
-        let face_count = faces.len();
-        let (groups, mode) = if faces.is_empty() {
-            (Groups::default(), job.mode.effective(prev_groups.is_some()))
-        } else {
-            let requested = job.mode;
-            tokio::task::spawn_blocking(move || {
-                regroup(&faces, &cfg, requested, prev_groups.as_ref())
-            })
-            .await
-            .map_err(|e| JobError::temporary(format!("grouping thread died: {e}")))?
-            .map_err(classify)?
+        let full = job.mode == GroupMode::Full;
+        let (lease, state) = match self
+            .galleries
+            .acquire(&job.gallery_id, &msg.message_id, self.lease.ttl, full)
+            .await?
+        {
+            Acquire::Acquired { lease, state } => (lease, state),
+            Acquire::Coalesced { holder_token } => {
+                info!(gallery_id = %job.gallery_id, holder_token, "gallery is being grouped; request coalesced into the running job");
+                return Ok(JobReport::default());
+            }
         };
-
-        let created_at_ms = now_ms();
-        let run_id = format!("{created_at_ms:013}-{}", short(&msg.message_id));
-        let key = format!("{}{}/{run_id}.json", self.groups_prefix, job.gallery_id);
-        let run = GroupRun {
-            gallery_id: job.gallery_id.clone(),
-            run_id: run_id.clone(),
-            mode,
-            model_version: self.model_version.clone(),
-            created_at_ms,
-            face_count,
-            persons: groups.persons.clone(),
-            unassigned: groups.unassigned.clone(),
-        };
-        self.s3.put_json(&key, &run).await?;
-        self.s3
-            .put_json(
-                &self.latest_key(&job.gallery_id),
-                &Latest {
-                    run_id,
-                    key: key.clone(),
-                },
-            )
-            .await?;
-        self.mongo.set_person_ids(&groups).await?;
-        info!(gallery_id = %job.gallery_id, faces = face_count, persons = groups.persons.len(), %key, "gallery grouped");
-        Ok(JobReport {
-            images: 0,
-            faces: face_count as u64,
-        })
+        let result = self.run_leased(&job, cfg, &lease, state).await;
+        if result.is_err() {
+            // Let the retry (or any other job) start at once instead of after the expiry.
+            if let Err(e) = self.galleries.abandon(&lease).await {
+                warn!(gallery_id = %job.gallery_id, error = %e, "cannot give the lease up; it expires");
+            }
+        }
+        result
     }
 
     async fn record_failure(&self, msg: &Message, err: &JobError) -> Result<(), JobError> {
@@ -112,39 +125,359 @@ impl Handler for GroupingHandler {
         warn!(message_id = %msg.message_id, reason = %err.reason, "grouping job failed permanently");
         Ok(())
     }
+
+    /// Groups a fixed synthetic set (four persons of ten faces) with the worker's grouping
+    /// configuration, on the GPU index when one is configured.
+    async fn probe(&self) -> Result<(), String> {
+        let mut cfg = self.config.clone();
+        if cfg.knn.gpu {
+            // The GPU index is only used above `exact_max` faces.
+            cfg.knn.exact_max = 0;
+        }
+        let (faces, persons, per_person) = probe_faces();
+        let groups = tokio::task::spawn_blocking(move || group(&faces, &cfg, None, None))
+            .await
+            .map_err(|e| format!("probe grouping thread died: {e}"))?
+            .map_err(|e| format!("probe grouping failed: {e}"))?;
+        let sizes: Vec<usize> = groups.persons.iter().map(|p| p.face_ids.len()).collect();
+        if sizes != vec![per_person; persons] {
+            return Err(format!(
+                "probe grouped {persons} persons of {per_person} faces into {sizes:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the leased part of a job ended (the lease is released either way).
+enum Leased {
+    /// No faces: nothing committed; the coalesced requests taken with the release.
+    Empty(Option<Rerun>),
+    Committed(Committed),
+}
+
+/// What a committed job leaves to do.
+struct Committed {
+    run_number: u64,
+    run_id: String,
+    key: String,
+    groups: Groups,
+    rerun: Option<Rerun>,
 }
 
 impl GroupingHandler {
-    fn latest_key(&self, gallery_id: &str) -> String {
-        format!("{}{gallery_id}/latest.json", self.groups_prefix)
+    /// Everything after the lease was taken. The part up to the commit runs next to the lease
+    /// renewal and stops when the lease is lost.
+    async fn run_leased(
+        &self,
+        job: &GroupingJob,
+        cfg: GroupConfig,
+        lease: &Lease,
+        state: GroupingState,
+    ) -> Result<JobReport, JobError> {
+        let leased = tokio::select! {
+            r = self.group_and_commit(job, cfg, lease, state) => r?,
+            lost = self.keep_lease(lease) => return Err(lost),
+        };
+        let done = match leased {
+            Leased::Committed(done) => done,
+            Leased::Empty(rerun) => {
+                if let Some(rerun) = rerun {
+                    self.follow_up(&job.gallery_id, rerun).await?;
+                }
+                return Ok(JobReport::default());
+            }
+        };
+        // Past the commit the lease is released; these writes are fenced by the run number.
+        self.mongo
+            .set_person_ids(&done.groups, done.run_number)
+            .await?;
+        self.write_latest(&job.gallery_id, &done).await?;
+        if let Some(rerun) = done.rerun {
+            self.follow_up(&job.gallery_id, rerun).await?;
+        }
+        let faces = done
+            .groups
+            .persons
+            .iter()
+            .map(|p| p.face_ids.len())
+            .sum::<usize>()
+            + done.groups.unassigned.len();
+        info!(gallery_id = %job.gallery_id, run_number = done.run_number, faces,
+              persons = done.groups.persons.len(), key = %done.key, "gallery grouped");
+        Ok(JobReport {
+            images: 0,
+            faces: faces as u64,
+        })
     }
 
-    /// The current run of the gallery, if any.
-    async fn previous(&self, gallery_id: &str) -> Result<Option<GroupRun>, JobError> {
-        let Some(latest) = self
-            .s3
-            .get_json::<Latest>(&self.latest_key(gallery_id))
-            .await?
-        else {
+    /// Steps 2-4 of the module docs; ends with the lease released (nothing may follow the
+    /// release in here: the renewal next to it would report the lease lost).
+    async fn group_and_commit(
+        &self,
+        job: &GroupingJob,
+        cfg: GroupConfig,
+        lease: &Lease,
+        state: GroupingState,
+    ) -> Result<Leased, JobError> {
+        // Cleared under the lease: faces that arrive from now on trigger the next job, and this
+        // job reads the faces after the clear, so it covers everything before it.
+        self.mongo.clear_grouping_pending(&job.gallery_id).await?;
+        let faces = self
+            .mongo
+            .gallery_faces(&job.gallery_id, &self.model_version)
+            .await?;
+        if faces.is_empty() {
+            // Nothing to group: keep the committed run and its numbering.
+            info!(gallery_id = %job.gallery_id, "no faces; the committed run stays");
+            return Ok(Leased::Empty(self.galleries.release(lease).await?));
+        }
+        let previous = self.previous(&job.gallery_id, &state).await?;
+        let mode = job.mode.effective(previous.is_some());
+        let prev_groups = previous.map(|p| Groups {
+            persons: p.persons,
+            unassigned: p.unassigned,
+        });
+        let face_count = faces.len();
+        let (groups, next_person) = tokio::task::spawn_blocking(move || {
+            let mut groups = group(&faces, &cfg, prev_groups.as_ref(), Some(mode))?;
+            let next = number_new_persons(&mut groups, prev_groups.as_ref(), state.next_person);
+            Ok::<_, GroupError>((groups, next))
+        })
+        .await
+        .map_err(|e| JobError::suspect(format!("grouping thread died: {e}")))?
+        .map_err(classify)?;
+
+        let run_number = lease.token;
+        let run_id = format!("run-{run_number:010}");
+        let key = format!("{}{}/{run_id}.json", self.groups_prefix, job.gallery_id);
+        let run = GroupRun {
+            gallery_id: job.gallery_id.clone(),
+            run_id: run_id.clone(),
+            run_number,
+            mode,
+            model_version: self.model_version.clone(),
+            created_at_ms: now_ms(),
+            face_count,
+            persons: groups.persons.clone(),
+            unassigned: groups.unassigned.clone(),
+        };
+        self.s3.put_json(&key, &run).await?;
+        let commit = CommittedRun {
+            run_id: run_id.clone(),
+            run_number,
+            key: key.clone(),
+            face_count: face_count as u64,
+        };
+        match self.galleries.commit(lease, &commit, next_person).await? {
+            Commit::Committed { rerun } => Ok(Leased::Committed(Committed {
+                run_number,
+                run_id,
+                key,
+                groups,
+                rerun,
+            })),
+            Commit::Lost => Err(JobError::temporary(format!(
+                "gallery {}: lease {run_number} was taken over before the commit",
+                job.gallery_id
+            ))),
+        }
+    }
+
+    /// Renews the lease until it is lost or cannot be renewed before it expires; returns why.
+    async fn keep_lease(&self, lease: &Lease) -> JobError {
+        let mut tick = tokio::time::interval(self.lease.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // immediate: the lease was just taken
+        let mut renewed = Instant::now();
+        loop {
+            tick.tick().await;
+            match self.galleries.renew(lease, self.lease.ttl).await {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    return JobError::temporary(format!(
+                        "gallery {}: lease {} taken over by another job",
+                        lease.gallery_id, lease.token
+                    ))
+                }
+                Err(e) if renewed.elapsed() >= self.lease.ttl => {
+                    return JobError::temporary(format!(
+                        "gallery {}: lease {} expired, renewals failing: {e}",
+                        lease.gallery_id, lease.token
+                    ))
+                }
+                Err(e) => {
+                    warn!(gallery_id = %lease.gallery_id, error = %e, "lease renewal failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// The committed run's persons, read by the exact key MongoDB recorded (written before the
+    /// commit, so it exists). If it was deleted anyway, the job regroups without it: person ids
+    /// start afresh, but from the stored next number, so none is reused.
+    async fn previous(
+        &self,
+        gallery_id: &str,
+        state: &GroupingState,
+    ) -> Result<Option<GroupRun>, JobError> {
+        let Some(committed) = &state.committed else {
             return Ok(None);
         };
-        Ok(self.s3.get_json::<GroupRun>(&latest.key).await?)
+        let run = self.s3.get_json::<GroupRun>(&committed.key).await?;
+        if run.is_none() {
+            warn!(gallery_id, key = %committed.key, "committed run JSON is missing; regrouping without it");
+        }
+        Ok(run)
+    }
+
+    /// `latest.json`, only while this run is still the committed one (a newer run writes its
+    /// own); readers that need certainty use MongoDB.
+    async fn write_latest(&self, gallery_id: &str, done: &Committed) -> Result<(), JobError> {
+        let current = self.galleries.state(gallery_id).await?;
+        if current.committed.as_ref().map(|c| c.run_number) != Some(done.run_number) {
+            return Ok(());
+        }
+        let latest = Latest {
+            run_id: done.run_id.clone(),
+            run_number: done.run_number,
+            key: done.key.clone(),
+        };
+        self.s3
+            .put_json(
+                &format!("{}{gallery_id}/latest.json", self.groups_prefix),
+                &latest,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One grouping job for the requests coalesced into this job's lease. A failed send fails
+    /// this job (temporary): its retry regroups everything, so no request is lost.
+    async fn follow_up(&self, gallery_id: &str, rerun: Rerun) -> Result<(), JobError> {
+        let body = serde_json::to_string(&GroupingJob {
+            gallery_id: gallery_id.to_string(),
+            mode: if rerun.full {
+                GroupMode::Full
+            } else {
+                GroupMode::Incremental
+            },
+            min_quality: None,
+        })
+        .map_err(|e| JobError::temporary(format!("serialising follow-up job: {e}")))?;
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                JobError::temporary(format!(
+                    "sending the follow-up grouping job: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        info!(
+            gallery_id,
+            full = rerun.full,
+            "follow-up grouping job sent for coalesced requests"
+        );
+        Ok(())
     }
 }
 
-/// Bad stored embeddings cannot be fixed by a retry; FAISS trouble might be.
+/// Groups `faces` (`mode` None: the probe, a full grouping). The kNN step fails on purpose in
+/// `testing` builds with `FACEGROUP_TEST_FAULT=grouping-runtime`.
+fn group(
+    faces: &[FaceInput],
+    cfg: &GroupConfig,
+    previous: Option<&Groups>,
+    mode: Option<GroupMode>,
+) -> Result<Groups, GroupError> {
+    if forced_runtime_fault() {
+        return Err(GroupError::Faiss(
+            "forced by FACEGROUP_TEST_FAULT=grouping-runtime".into(),
+        ));
+    }
+    match mode {
+        Some(mode) => regroup(faces, cfg, mode, previous).map(|(groups, _)| groups),
+        None => group_faces(faces, cfg, previous),
+    }
+}
+
+#[cfg(feature = "testing")]
+fn forced_runtime_fault() -> bool {
+    std::env::var("FACEGROUP_TEST_FAULT").as_deref() == Ok("grouping-runtime")
+}
+
+#[cfg(not(feature = "testing"))]
+fn forced_runtime_fault() -> bool {
+    false
+}
+
+/// FAISS trouble may be a broken GPU (suspect: the probe decides); bad stored embeddings cannot
+/// be fixed by a retry.
 fn classify(e: GroupError) -> JobError {
     match e {
-        GroupError::Faiss(_) => JobError::temporary(e.to_string()),
+        GroupError::Faiss(_) => JobError::suspect(e.to_string()),
         _ => JobError::permanent(e.to_string()),
     }
 }
 
-fn short(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(8)
-        .collect()
+/// Renames the persons that are new in this run (ids not in `previous`) to `person-N` from
+/// `next_person` on, in their order, and returns the next free number. The grouping numbers new
+/// persons after the highest id of the previous run only, which would hand out again the id of
+/// a person that existed two runs ago.
+pub fn number_new_persons(groups: &mut Groups, previous: Option<&Groups>, next_person: u64) -> u64 {
+    let known: HashSet<&str> = previous
+        .map(|p| p.persons.iter().map(|p| p.person_id.as_str()).collect())
+        .unwrap_or_default();
+    let highest_known = known
+        .iter()
+        .filter_map(|id| id.strip_prefix("person-")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut next = next_person.max(highest_known + 1).max(1);
+    for p in &mut groups.persons {
+        if !known.contains(p.person_id.as_str()) {
+            p.person_id = format!("person-{next}");
+            next += 1;
+        }
+    }
+    next
+}
+
+/// The probe's faces: `persons` tight clusters of `per_person` faces, one face per photo,
+/// around random (nearly orthogonal) 512-d centres; deterministic.
+fn probe_faces() -> (Vec<FaceInput>, usize, usize) {
+    const PERSONS: usize = 4;
+    const PER_PERSON: usize = 10;
+    const DIM: usize = 512;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        // xorshift64*: uniform in [-1, 1).
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        let v = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        (v as f32 / (1u64 << 23) as f32) - 1.0
+    };
+    let centres: Vec<Vec<f32>> = (0..PERSONS)
+        .map(|_| (0..DIM).map(|_| next()).collect())
+        .collect();
+    let mut faces = Vec::new();
+    for (p, c) in centres.iter().enumerate() {
+        for f in 0..PER_PERSON {
+            faces.push(FaceInput {
+                face_id: format!("probe-{p}-{f}"),
+                image_id: format!("probe-image-{p}-{f}"),
+                embedding: c.iter().map(|x| x + 0.3 * next()).collect(),
+                quality_ok: true,
+                quality: 1.0,
+            });
+        }
+    }
+    (faces, PERSONS, PER_PERSON)
 }
 
 fn now_ms() -> u64 {
@@ -152,4 +485,77 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facegroup_core::Person;
+
+    fn person(id: &str, faces: &[&str]) -> Person {
+        Person {
+            person_id: id.into(),
+            face_ids: faces.iter().map(|f| f.to_string()).collect(),
+            representative: faces[0].into(),
+        }
+    }
+
+    #[test]
+    fn new_persons_continue_from_the_stored_number() {
+        // person-7 existed in an earlier run but not in the previous one: a new person must not
+        // get its id again.
+        let previous = Groups {
+            persons: vec![person("person-2", &["a"]), person("person-5", &["b"])],
+            unassigned: vec![],
+        };
+        let mut groups = Groups {
+            persons: vec![
+                person("person-5", &["b", "c"]),
+                person("person-6", &["d", "e"]),
+                person("person-2", &["a"]),
+                person("person-7", &["f", "g"]),
+            ],
+            unassigned: vec![],
+        };
+        let next = number_new_persons(&mut groups, Some(&previous), 8);
+        let ids: Vec<&str> = groups
+            .persons
+            .iter()
+            .map(|p| p.person_id.as_str())
+            .collect();
+        assert_eq!(ids, ["person-5", "person-8", "person-2", "person-9"]);
+        assert_eq!(next, 10);
+        // A first run starts at 1.
+        let mut first = Groups {
+            persons: vec![person("person-1", &["x"])],
+            unassigned: vec![],
+        };
+        assert_eq!(number_new_persons(&mut first, None, 1), 2);
+        assert_eq!(first.persons[0].person_id, "person-1");
+    }
+
+    #[test]
+    fn probe_set_groups_into_its_persons() {
+        let (faces, persons, per_person) = probe_faces();
+        let groups = group(&faces, &GroupConfig::default(), None, None).expect("groups");
+        let sizes: Vec<usize> = groups.persons.iter().map(|p| p.face_ids.len()).collect();
+        assert_eq!(sizes, vec![per_person; persons]);
+        assert!(groups.unassigned.is_empty());
+    }
+
+    #[test]
+    fn faiss_errors_are_suspect_bad_data_permanent() {
+        use facegroup_worker::ErrorClass;
+        assert_eq!(
+            classify(GroupError::Faiss("device lost".into())).class,
+            ErrorClass::Suspect
+        );
+        assert_eq!(
+            classify(GroupError::BadEmbedding {
+                face_id: "f".into()
+            })
+            .class,
+            ErrorClass::Permanent
+        );
+    }
 }

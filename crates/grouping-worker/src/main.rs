@@ -1,20 +1,25 @@
 //! `facegroup-grouping-worker`: consumes grouping jobs from SQS, groups a gallery's faces from
-//! MongoDB into persons with `facegroup_core::group` (keeping the person ids of the previous
-//! run), writes `s3://BUCKET/groups/{gallery}/{run}.json` plus the `latest.json` pointer, and
-//! sets person ids on the faces. Exit codes: see the `facegroup_worker` crate docs.
+//! MongoDB into persons with `facegroup_core::group` (keeping the person ids of the committed
+//! run), writes `s3://BUCKET/groups/{gallery}/{run}.json`, commits it in MongoDB under the
+//! gallery's lease (`facegroup_worker::gallery`), sets person ids on the faces and copies the
+//! pointer to `latest.json` for readers. Exit codes: see the `facegroup_worker` crate docs
+//! (3 when FAISS/the GPU fails the probe after a failed job).
 //!
 //! This file only wires flags to the engine: the lifecycle is `facegroup_worker::run`, the job
 //! is [`handler::GroupingHandler`].
 
 mod handler;
 
+use std::time::Duration;
+
 use clap::Parser;
 use facegroup_core::args::ModelArgs;
 use facegroup_core::{ExecutionProvider, GroupConfig};
+use facegroup_worker::gallery::GalleryStore;
 use facegroup_worker::{CommonConfig, WorkerError};
 use tracing::info;
 
-use crate::handler::GroupingHandler;
+use crate::handler::{GroupingHandler, LeaseTiming};
 
 /// Grouping worker: SQS grouping jobs -> persons in S3 and MongoDB.
 #[derive(Debug, Parser)]
@@ -36,6 +41,12 @@ struct Cli {
     /// Default minimum face quality (0-1) for a face to seed a person; jobs may override it.
     #[arg(long, env = "FACEGROUP_MIN_QUALITY", default_value_t = 0.0)]
     min_quality: f32,
+
+    /// Seconds a gallery's grouping lease lasts without renewal (renewed every quarter of it
+    /// while the job runs). A redelivered job of a dead worker takes its lease over at once;
+    /// the expiry only frees leases whose message is gone.
+    #[arg(long, env = "FACEGROUP_LEASE_SECS", default_value_t = 60)]
+    lease_secs: u64,
 }
 
 fn main() {
@@ -48,6 +59,10 @@ fn main() {
         |config, services| GroupingHandler {
             s3: services.s3.clone(),
             mongo: services.mongo.clone(),
+            galleries: GalleryStore::new(&services.mongo),
+            sqs: services.sqs.clone(),
+            queue_url: cli.common.queue_url.clone(),
+            lease: LeaseTiming::new(Duration::from_secs(cli.lease_secs)),
             groups_prefix: cli.groups_prefix.clone(),
             model_version: cli.model.model_version(),
             config,
@@ -62,6 +77,12 @@ fn group_config(cli: &Cli) -> Result<GroupConfig, WorkerError> {
         return Err(WorkerError::Config(format!(
             "min quality {} not in 0..=1",
             cli.min_quality
+        )));
+    }
+    if cli.lease_secs == 0 || cli.lease_secs > 43_200 {
+        return Err(WorkerError::Config(format!(
+            "lease secs {} not in 1..=43200",
+            cli.lease_secs
         )));
     }
     info!(

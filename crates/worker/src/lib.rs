@@ -25,6 +25,7 @@ pub mod aws;
 pub mod config;
 mod entry;
 pub mod error;
+pub mod gallery;
 pub mod gpu;
 pub mod jobs;
 pub mod metrics;

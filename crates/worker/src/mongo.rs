@@ -21,6 +21,9 @@ pub const FACES_COLLECTION: &str = "faces";
 pub const STATUS_DB: &str = "huemn";
 pub const IMAGES_COLLECTION: &str = "images";
 pub const GALLERIES_COLLECTION: &str = "galleries";
+/// Most face ids in one `$in` of [`MongoStore::set_person_ids`] (5,000 ids of ~60 bytes stay far
+/// under the 16 MiB BSON limit).
+pub const PERSON_ID_CHUNK: usize = 5_000;
 
 /// Processing status of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,10 @@ impl MongoStore {
 
     pub fn images(&self) -> &Collection<Document> {
         &self.images
+    }
+
+    pub fn galleries(&self) -> &Collection<Document> {
+        &self.galleries
     }
 
     /// Creates the indexes the upserts and queries rely on (idempotent).
@@ -282,21 +289,34 @@ impl MongoStore {
         Ok(out)
     }
 
-    /// Sets each grouped face's person id and removes it from unassigned faces.
-    pub async fn set_person_ids(&self, groups: &Groups) -> Result<(), StoreError> {
+    /// Writes run `run_number`'s person ids onto the faces (the unassigned ones lose theirs).
+    /// Every face written carries `person_run`, and a face already written by a newer run is
+    /// left alone, so a slow older run can never overwrite a newer one. Ids go in chunks of
+    /// [`PERSON_ID_CHUNK`] per `$in` (a gallery's unassigned faces in one filter could pass
+    /// the 16 MiB BSON limit).
+    pub async fn set_person_ids(&self, groups: &Groups, run_number: u64) -> Result<(), StoreError> {
+        let run = run_number as i64;
+        let not_newer =
+            doc! {"$or": [{"person_run": {"$exists": false}}, {"person_run": {"$lte": run}}]};
         for p in &groups.persons {
-            self.faces
-                .update_many(
-                    doc! {"_id": {"$in": &p.face_ids}},
-                    doc! {"$set": {"person_id": &p.person_id}},
-                )
-                .await?;
+            for chunk in p.face_ids.chunks(PERSON_ID_CHUNK) {
+                let mut filter = not_newer.clone();
+                filter.insert("_id", doc! {"$in": chunk});
+                self.faces
+                    .update_many(
+                        filter,
+                        doc! {"$set": {"person_id": &p.person_id, "person_run": run}},
+                    )
+                    .await?;
+            }
         }
-        if !groups.unassigned.is_empty() {
+        for chunk in groups.unassigned.chunks(PERSON_ID_CHUNK) {
+            let mut filter = not_newer.clone();
+            filter.insert("_id", doc! {"$in": chunk});
             self.faces
                 .update_many(
-                    doc! {"_id": {"$in": &groups.unassigned}},
-                    doc! {"$unset": {"person_id": ""}},
+                    filter,
+                    doc! {"$unset": {"person_id": ""}, "$set": {"person_run": run}},
                 )
                 .await?;
         }
