@@ -7,8 +7,6 @@
 //! The binary is built with the `testing` feature (its fault hook) by [`worker_binary`] and
 //! copied aside, so the plain build other tests and images use stays free of it.
 
-#[path = "../../worker/tests/support/mod.rs"]
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
@@ -23,7 +21,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use serde_json::{json, Value};
 
-use support::*;
+use facegroup_testkit::*;
 
 const GALLERY: &str = "g1";
 /// The worker's default model version (detector + embedder file stems).
@@ -380,7 +378,7 @@ fn recorded_gets(recording: &Path, bucket: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_grouping_reads_no_key_that_may_not_exist() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = TempDir::new("grouping-recording");
     let recording = dir.path().join("moto-recording.jsonl");
     let s = stack("first", Some(&recording)).await;
     for p in 0..3 {

@@ -2,7 +2,6 @@
 //! fencing token, coalescing, takeover, expiry, the fenced commit, and fenced, chunked
 //! person-id writes.
 
-mod support;
 
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use facegroup_worker::mongo::{MongoStore, PERSON_ID_CHUNK};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
-use support::*;
+use facegroup_testkit::*;
 
 const TTL: Duration = Duration::from_secs(60);
 
