@@ -244,3 +244,13 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// moto with IAM enforcement: the first `no_auth_actions` requests (the test's set-up) are
+/// allowed as anyone; every later one must be signed by a moto IAM user whose policies allow it.
+pub fn start_moto_enforcing_iam(no_auth_actions: u32) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(venv_bin("moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", no_auth_actions.to_string());
+    Server::spawn(cmd, port, "moto_server")
+}
