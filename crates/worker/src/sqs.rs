@@ -27,7 +27,6 @@
 //!   in flight then is released with visibility 0 so another worker picks it up at once.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -549,7 +548,10 @@ async fn heartbeat<H>(shared: &Shared<H>, msg: &Message) -> String {
                 use aws_sdk_sqs::error::ProvideErrorMetadata;
                 let code = e.code().unwrap_or_default().to_string();
                 let text = DisplayErrorContext(&e).to_string();
-                if ownership_lost(&code) {
+                let typed = e.as_service_error().is_some_and(|s| {
+                    s.is_receipt_handle_is_invalid() || s.is_message_not_inflight()
+                });
+                if typed || ownership_lost(&code) {
                     return format!("SQS rejected the heartbeat ({code}): {text}");
                 }
                 warn!(message_id = %msg.message_id, error = %text, "heartbeat failed");

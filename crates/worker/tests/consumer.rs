@@ -343,8 +343,8 @@ async fn a_job_whose_message_is_gone_is_cancelled_before_its_commit() {
     })
     .await;
     // Another consumer receives the message, finishes it and deletes it.
-    let mut taken = None;
-    wait_for("message taken over", Duration::from_secs(30), || async {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken = loop {
         let out = sqs
             .receive_message()
             .queue_url(&queue)
@@ -352,10 +352,15 @@ async fn a_job_whose_message_is_gone_is_cancelled_before_its_commit() {
             .send()
             .await
             .expect("receive");
-        taken = out.messages().first().and_then(|m| m.receipt_handle().map(str::to_string));
-        taken.is_some()
-    })
-    .await;
+        if let Some(r) = out.messages().first().and_then(|m| m.receipt_handle()) {
+            break Some(r.to_string());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     sqs.delete_message()
         .queue_url(&queue)
         .receipt_handle(taken.expect("receipt"))
