@@ -176,7 +176,7 @@ impl Stack {
 
     async fn faces_in(&self, gallery: &str, image_id: &str) -> Vec<Document> {
         self.faces()
-            .find(doc! {"gallery_id": gallery, "image_id": image_id})
+            .find(doc! {"gallery_id": gallery, "image_id": image_key(gallery, image_id)})
             .await
             .expect("find faces")
             .try_collect()
@@ -363,9 +363,11 @@ async fn end_to_end_photos_to_persons() {
     for p in run["persons"].as_array().expect("persons") {
         let pid = p["person_id"].as_str().expect("person id").to_string();
         for f in p["face_ids"].as_array().expect("face ids") {
+            // Face ids are `{gallery}/{image}:{model}:{index}`.
             let image = f
                 .as_str()
                 .and_then(|f| f.split(':').next())
+                .and_then(|k| k.strip_prefix(&format!("{GALLERY}/")))
                 .expect("face id");
             person_images
                 .entry(pid.clone())
