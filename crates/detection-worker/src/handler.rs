@@ -91,12 +91,9 @@ impl DetectionHandler {
                         .map(|(_, f)| f)
                         .map_err(|e| e.to_string())?,
                     None => {
-                        let blank = facegroup_core::RgbImage::from_raw(
-                            320,
-                            240,
-                            vec![127; 320 * 240 * 3],
-                        )
-                        .ok_or("blank probe image")?;
+                        let blank =
+                            facegroup_core::RgbImage::from_raw(320, 240, vec![127; 320 * 240 * 3])
+                                .ok_or("blank probe image")?;
                         p.analyze(&blank).map_err(|e| e.to_string())?
                     }
                 };
@@ -121,20 +118,6 @@ fn classify_model_error(e: ModelError) -> JobError {
         ModelError::Inference { .. } | ModelError::Layout { .. } => {
             JobError::suspect(e.to_string())
         }
-        _ => JobError::fatal(e.to_string()),
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Inference failing on one input is suspect (the input's fault or the runtime's: the probe
-/// decides); a runtime that cannot load or start its provider is fatal.
-fn classify_model_error(e: ModelError) -> JobError {
-    match e {
-        ModelError::Inference { .. } | ModelError::Layout { .. } => JobError::suspect(e.to_string()),
         _ => JobError::fatal(e.to_string()),
     }
 }
@@ -232,12 +215,7 @@ impl Handler for DetectionHandler {
                 .await?;
         }
         self.mongo
-            .mark_done(
-                &job.gallery_id,
-                &job.image_id,
-                faces.len(),
-                model_version,
-            )
+            .mark_done(&job.gallery_id, &job.image_id, faces.len(), model_version)
             .await?;
         fault::crash_point("after_mark_done");
         info!(image_id = %job.image_id, gallery_id = %job.gallery_id, faces = faces.len(), "image done");

@@ -535,14 +535,13 @@ async fn end_state(s: &Stack, gallery: &str, image_id: &str) -> Value {
         })
         .collect();
     faces.sort_by_key(|f| f["face_index"].as_i64());
-    let gallery_doc = s
-        .db
-        .database("huemn")
-        .collection::<Document>("galleries")
-        .find_one(doc! {"_id": gallery})
-        .await
-        .expect("find gallery")
-        .expect("gallery document");
+    let gallery_doc =
+        s.db.database("huemn")
+            .collection::<Document>("galleries")
+            .find_one(doc! {"_id": gallery})
+            .await
+            .expect("find gallery")
+            .expect("gallery document");
     let counted: i64 = gallery_doc
         .get_document("new_faces")
         .map(|d| d.values().filter_map(|v| v.as_i64()).sum())
@@ -627,7 +626,11 @@ async fn a_crash_at_every_step_then_a_rerun_ends_as_an_uninterrupted_run() {
     assert_eq!(queue_counts(&s.sqs, ref_group).await, (1, 0));
     for (step, gallery, queue, group_queue) in &runs[1..] {
         assert_done_without_duplicates_in(&s, gallery, image).await;
-        assert_eq!(end_state(&s, gallery, image).await, reference, "crash {step}");
+        assert_eq!(
+            end_state(&s, gallery, image).await,
+            reference,
+            "crash {step}"
+        );
         assert_eq!(queue_counts(&s.sqs, queue).await, (0, 0), "crash {step}");
         // At least once: a crash after the send may send the grouping job twice.
         let (grouping_jobs, _) = queue_counts(&s.sqs, group_queue).await;
@@ -663,9 +666,8 @@ async fn mongodb_outage_loses_no_message() {
     }
     // MongoDB calls fail after 1 s without a server (not the tests' usual 60 s), so the outage
     // shows as failing jobs, not as jobs that merely wait.
-    let fast_fail = format!(
-        "mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000"
-    );
+    let fast_fail =
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
     let mut w = s.worker(
         "detection",
         &queue,
@@ -735,13 +737,20 @@ async fn a_poison_image_is_failed_and_the_worker_keeps_serving() {
         ],
     );
     let status = wait_exit(&mut w, Duration::from_secs(180)).await;
-    assert_eq!(status.code(), Some(0), "a poison image is no runtime failure");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a poison image is no runtime failure"
+    );
     let img = s.image("poison").await.expect("poison recorded");
     assert_eq!(img.get_str("status"), Ok("failed"));
     let failure = img.get_document("failure").expect("failure");
     assert_eq!(failure.get_str("class"), Ok("permanent"));
     assert!(
-        failure.get_str("reason").unwrap_or_default().contains("inference"),
+        failure
+            .get_str("reason")
+            .unwrap_or_default()
+            .contains("inference"),
         "{failure}"
     );
     assert!(s.faces_of("poison").await.is_empty());
@@ -872,7 +881,10 @@ async fn exit_codes_follow_the_contract() {
     // `--help` shows no secret-bearing environment value.
     let help = Command::new(&bin)
         .arg("--help")
-        .env("FACEGROUP_MONGODB_URI", "mongodb://app:hunter2@db.example:27017")
+        .env(
+            "FACEGROUP_MONGODB_URI",
+            "mongodb://app:hunter2@db.example:27017",
+        )
         .output()
         .expect("run --help");
     assert!(help.status.success());

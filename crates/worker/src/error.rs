@@ -123,9 +123,7 @@ impl From<StoreError> for JobError {
         match e {
             StoreError::NotFound { .. }
             | StoreError::Denied { .. }
-            | StoreError::TooLarge { .. } => {
-                JobError::permanent(e.to_string())
-            }
+            | StoreError::TooLarge { .. } => JobError::permanent(e.to_string()),
             _ => JobError::temporary(e.to_string()),
         }
     }

@@ -321,7 +321,7 @@ impl MongoStore {
             .update_one(
                 doc! {"_id": gallery_id},
                 doc! {"$set": {"new_faces": {}, "updated_at": DateTime::now()},
-                      "$unset": {"pending_until": "", "pending_by": ""}},
+                "$unset": {"pending_until": "", "pending_by": ""}},
             )
             .upsert(true)
             .await?;

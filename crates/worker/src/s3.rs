@@ -52,9 +52,7 @@ impl S3Store {
                     key: key.into(),
                 })
             }
-            Err(SdkError::ServiceError(e))
-                if is_denied(e.err(), e.raw().status().as_u16()) =>
-            {
+            Err(SdkError::ServiceError(e)) if is_denied(e.err(), e.raw().status().as_u16()) => {
                 return Err(StoreError::Denied {
                     bucket: bucket.into(),
                     key: key.into(),

@@ -556,9 +556,7 @@ async fn heartbeat<H>(shared: &Shared<H>, msg: &Message) -> String {
                 }
                 warn!(message_id = %msg.message_id, error = %text, "heartbeat failed");
                 if visibility_may_lapse(held_until, Instant::now(), cfg.heartbeat) {
-                    return format!(
-                        "heartbeats failed until the visibility could run out: {text}"
-                    );
+                    return format!("heartbeats failed until the visibility could run out: {text}");
                 }
             }
         }
@@ -873,7 +871,11 @@ mod tests {
         let now = Instant::now();
         let hb = Duration::from_secs(1);
         assert!(!visibility_may_lapse(now + Duration::from_secs(3), now, hb));
-        assert!(visibility_may_lapse(now + Duration::from_millis(999), now, hb));
+        assert!(visibility_may_lapse(
+            now + Duration::from_millis(999),
+            now,
+            hb
+        ));
         assert!(visibility_may_lapse(now, now, hb));
         assert!(ownership_lost("ReceiptHandleIsInvalid"));
         assert!(!ownership_lost("ThrottlingException"));

@@ -104,7 +104,11 @@ async fn a_read_the_role_may_not_do_is_a_permanent_denied_failure() {
     let job = JobError::from(denied);
     assert_eq!(job.class, ErrorClass::Permanent);
     assert!(job.reason.contains("access denied"), "{}", job.reason);
-    assert!(job.reason.contains("s3://photos/uploads/a.jpg"), "{}", job.reason);
+    assert!(
+        job.reason.contains("s3://photos/uploads/a.jpg"),
+        "{}",
+        job.reason
+    );
 
     // Writes are not the reader's either.
     let put = lister
