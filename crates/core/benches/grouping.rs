@@ -299,4 +299,3 @@ fn unit_into(rng: &mut Rng, out: &mut Vec<f32>, centre: Option<&[f32]>, noise: f
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
 }
-}

@@ -1,12 +1,21 @@
 //! One detection job: status pending -> read image (size-limited) -> pipeline -> faces upserted
-//! -> faces JSON to S3 -> status done -> maybe a grouping job. Every step is idempotent, so a
-//! redelivered message (after a crash or a lost delete) rewrites the same documents.
+//! -> faces JSON to S3 -> face count set on the gallery's grouping trigger (maybe a grouping job)
+//! -> status done. Every step is idempotent and the status is written last, so a redelivered
+//! message (after a crash or a lost delete) rewrites the same documents and completes what the
+//! crashed attempt left; a duplicate of a finished image is acknowledged without redoing it.
+//!
+//! Error classes: a decode failure is the input's (permanent); an inference failure or a panic
+//! on one image is *suspect*, and the consumer asks [`Handler::probe`] to run the pipeline on a
+//! known-good image: it passes -> the image is marked failed (one poison image no longer kills
+//! every instance that receives it); it fails -> GPU/runtime failure, exit 3. Runtime-load and
+//! execution-provider errors stay fatal.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, PipelinePool};
+use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, ModelError, PipelinePool};
+use facegroup_worker::fault;
 use facegroup_worker::jobs::{self, DetectionJob, GroupingJob};
-use facegroup_worker::mongo::{ImageRef, MongoStore};
+use facegroup_worker::mongo::{image_key, Begin, ImageRef, MongoStore};
 use facegroup_worker::s3::S3Store;
 use facegroup_worker::{Handler, JobError, JobReport, Message};
 use serde::Serialize;
@@ -19,24 +28,102 @@ pub struct DetectionHandler {
     pub sqs: aws_sdk_sqs::Client,
     pub grouping_queue_url: Option<String>,
     pub group_after_faces: usize,
+    /// How long a sent grouping job counts as pending before a later detection re-sends it.
+    pub grouping_pending_for: std::time::Duration,
     pub results_prefix: String,
     /// Pipelines are borrowed for the inference step only, on a blocking thread.
     pub pool: Arc<PipelinePool>,
+    /// The probe's known-good image: the first small input that ran with faces found (it
+    /// exercises detector and embedder on this very runtime).
+    pub known_good: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 impl DetectionHandler {
-    /// Decodes and analyses `bytes` on a blocking thread with a free pipeline.
-    async fn analyze(&self, bytes: Vec<u8>) -> Result<(u32, u32, Vec<Face>), JobError> {
+    /// Decodes and analyses `bytes` of image `id` on a blocking thread with a free pipeline.
+    async fn analyze(&self, id: &str, bytes: Vec<u8>) -> Result<(u32, u32, Vec<Face>), JobError> {
         let pool = self.pool.clone();
-        let joined =
-            tokio::task::spawn_blocking(move || pool.with(|p| p.analyze_bytes(&bytes))).await;
-        match joined {
-            Ok(Ok((img, faces))) => Ok((img.width(), img.height(), faces)),
-            Ok(Err(e @ CoreError::Decode(_))) => Err(JobError::permanent(e.to_string())),
-            Ok(Err(e @ CoreError::Model(_))) => Err(JobError::fatal(e.to_string())),
-            Err(e) => Err(JobError::fatal(format!("inference thread died: {e}"))),
+        let bytes = Arc::new(bytes);
+        let input = bytes.clone();
+        let id_owned = id.to_string();
+        let joined = tokio::task::spawn_blocking(move || {
+            pool.with(|p| {
+                if fault::inference_fails(&id_owned) {
+                    return Err(JobError::suspect(format!(
+                        "inference failed on {id_owned} (test hook)"
+                    )));
+                }
+                if fault::runtime_broken(Some(&id_owned)) {
+                    return Err(JobError::suspect(
+                        "inference failed: runtime broken (test hook)",
+                    ));
+                }
+                match p.analyze_bytes(&input) {
+                    Ok((img, faces)) => Ok((img.width(), img.height(), faces)),
+                    Err(e @ CoreError::Decode(_)) => Err(JobError::permanent(e.to_string())),
+                    Err(CoreError::Model(e)) => Err(classify_model_error(e)),
+                }
+            })
+        })
+        .await;
+        // A panic in inference (the pool gets its pipeline back) is suspect like an error.
+        let out = joined
+            .unwrap_or_else(|e| Err(JobError::suspect(format!("inference thread died: {e}"))))?;
+        if !out.2.is_empty() && bytes.len() <= MAX_KNOWN_GOOD_BYTES {
+            lock(&self.known_good).get_or_insert(bytes);
         }
+        Ok(out)
     }
+
+    /// Runs the pipeline on the known-good image (the first small input that gave faces, or
+    /// before that a blank image that still runs the detector): `Err` means the runtime itself
+    /// is broken.
+    async fn run_probe(&self) -> Result<(), String> {
+        let known = lock(&self.known_good).clone();
+        let pool = self.pool.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            pool.with(|p| {
+                if fault::runtime_broken(None) {
+                    return Err("runtime broken (test hook)".to_string());
+                }
+                let faces = match &known {
+                    Some(bytes) => p
+                        .analyze_bytes(bytes)
+                        .map(|(_, f)| f)
+                        .map_err(|e| e.to_string())?,
+                    None => {
+                        let blank =
+                            facegroup_core::RgbImage::from_raw(320, 240, vec![127; 320 * 240 * 3])
+                                .ok_or("blank probe image")?;
+                        p.analyze(&blank).map_err(|e| e.to_string())?
+                    }
+                };
+                if known.is_some() && faces.is_empty() {
+                    return Err("the known-good image now yields no face".to_string());
+                }
+                Ok(())
+            })
+        })
+        .await;
+        joined.unwrap_or_else(|e| Err(format!("probe thread died: {e}")))
+    }
+}
+
+/// Largest input kept as the probe's known-good image.
+const MAX_KNOWN_GOOD_BYTES: usize = 2 << 20;
+
+/// Inference failing on one input is suspect (the input's fault or the runtime's: the probe
+/// decides); a runtime that cannot load or start its provider is fatal.
+fn classify_model_error(e: ModelError) -> JobError {
+    match e {
+        ModelError::Inference { .. } | ModelError::Layout { .. } => {
+            JobError::suspect(e.to_string())
+        }
+        _ => JobError::fatal(e.to_string()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The per-image result written to S3.
@@ -69,27 +156,33 @@ impl Handler for DetectionHandler {
         if job.bucket.is_empty() || job.key.is_empty() {
             return Err(JobError::permanent("empty bucket or key"));
         }
-        self.mongo
-            .mark_pending(&ImageRef {
-                image_id: &job.image_id,
-                gallery_id: &job.gallery_id,
-                bucket: &job.bucket,
-                key: &job.key,
-                callback: job.callback.as_deref(),
-                metadata: job.metadata.as_ref(),
-            })
-            .await?;
+        let img = ImageRef {
+            image_id: &job.image_id,
+            gallery_id: &job.gallery_id,
+            bucket: &job.bucket,
+            key: &job.key,
+            callback: job.callback.as_deref(),
+            metadata: job.metadata.as_ref(),
+        };
+        if self.mongo.begin(&img, self.pool.model_version()).await? == Begin::AlreadyDone {
+            info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
+            return Ok(JobReport::default());
+        }
+        fault::crash_point("after_begin");
         let bytes = self.s3.get(&job.bucket, &job.key).await?;
-        let (width, height, faces) = self.analyze(bytes).await?;
+        let (width, height, faces) = self.analyze(&job.image_id, bytes).await?;
 
         let model_version = self.pool.model_version();
+        // Faces are named by the gallery-scoped image key: image ids are unique per gallery only.
+        let scoped = image_key(&job.gallery_id, &job.image_id);
         let records: Vec<FaceRecord> = faces
             .iter()
-            .map(|f| FaceRecord::new(&job.image_id, model_version, f))
+            .map(|f| FaceRecord::new(&scoped, model_version, f))
             .collect();
         self.mongo
-            .replace_faces(&job.image_id, &job.gallery_id, model_version, &records)
+            .replace_faces(&scoped, &job.gallery_id, model_version, &records)
             .await?;
+        fault::crash_point("after_replace_faces");
         let doc = FacesDoc {
             image_id: &job.image_id,
             gallery_id: &job.gallery_id,
@@ -113,12 +206,18 @@ impl Handler for DetectionHandler {
             self.results_prefix, job.gallery_id, job.image_id
         );
         self.s3.put_json(&key, &doc).await?;
+        fault::crash_point("after_put_json");
 
-        let first_time = self.mongo.mark_done(&job.image_id, faces.len()).await?;
-        if first_time && !faces.is_empty() {
-            self.maybe_enqueue_grouping(&job.gallery_id, faces.len())
+        // Counted before the status says done: a crash in between is completed by the rerun
+        // (the count is set, not added, so it is never counted twice).
+        if !faces.is_empty() {
+            self.maybe_enqueue_grouping(&job.gallery_id, &job.image_id, faces.len())
                 .await?;
         }
+        self.mongo
+            .mark_done(&job.gallery_id, &job.image_id, faces.len(), model_version)
+            .await?;
+        fault::crash_point("after_mark_done");
         info!(image_id = %job.image_id, gallery_id = %job.gallery_id, faces = faces.len(), "image done");
         Ok(JobReport {
             images: 1,
@@ -133,25 +232,32 @@ impl Handler for DetectionHandler {
         };
         let gallery = serde_json::from_str::<serde_json::Value>(&msg.body)
             .ok()
-            .and_then(|v| v.get("gallery_id")?.as_str().map(str::to_string));
+            .and_then(|v| v.get("gallery_id")?.as_str().map(str::to_string))
+            .filter(|g| jobs::check_id("gallery_id", g).is_ok());
+        let Some(gallery) = gallery else {
+            // Status documents are per gallery: without a valid one there is none to mark.
+            warn!(message_id = %msg.message_id, reason = %err.reason, "failed message names no valid gallery; nothing to record");
+            return Ok(());
+        };
         self.mongo
-            .mark_failed(
-                &image_id,
-                gallery.as_deref(),
-                err.class.as_str(),
-                &err.reason,
-            )
+            .mark_failed(&gallery, &image_id, err.class.as_str(), &err.reason)
             .await?;
         Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        self.run_probe().await
     }
 }
 
 impl DetectionHandler {
-    /// Debounced grouping: the gallery's counter crossing the threshold with no job pending
-    /// enqueues one (only one concurrent caller can win that transition).
+    /// Debounced grouping: the gallery's new faces crossing the threshold with no job pending
+    /// enqueues one (only one concurrent caller can win that claim; a claim whose send was lost
+    /// is re-sent by this image's redelivery or, once it expires, by a later detection).
     async fn maybe_enqueue_grouping(
         &self,
         gallery_id: &str,
+        image_id: &str,
         new_faces: usize,
     ) -> Result<(), JobError> {
         let Some(queue) = &self.grouping_queue_url else {
@@ -159,11 +265,18 @@ impl DetectionHandler {
         };
         if !self
             .mongo
-            .add_new_faces(gallery_id, new_faces, self.group_after_faces)
+            .add_new_faces(
+                gallery_id,
+                image_id,
+                new_faces,
+                self.group_after_faces,
+                self.grouping_pending_for,
+            )
             .await?
         {
             return Ok(());
         }
+        fault::crash_point("after_grouping_claim");
         let body = serde_json::to_string(&GroupingJob {
             gallery_id: gallery_id.to_string(),
             mode: GroupMode::Full,
@@ -183,6 +296,7 @@ impl DetectionHandler {
             self.mongo.clear_grouping_pending(gallery_id).await?;
             return Ok(());
         }
+        fault::crash_point("after_grouping_send");
         info!(gallery_id, "grouping job enqueued");
         Ok(())
     }

@@ -33,6 +33,11 @@ struct Cli {
     #[arg(long, env = "FACEGROUP_GROUP_AFTER_FACES", default_value_t = 50)]
     group_after_faces: usize,
 
+    /// Seconds a sent grouping job counts as pending (no other is sent for the gallery); once
+    /// over, a later detection re-sends one, so a lost send cannot stop a gallery's grouping.
+    #[arg(long, env = "FACEGROUP_GROUPING_PENDING_SECS", default_value_t = 900)]
+    grouping_pending_secs: u64,
+
     /// Key prefix of the per-image faces JSON: PREFIX{gallery_id}/{image_id}.json.
     #[arg(long, env = "FACEGROUP_RESULTS_PREFIX", default_value = "faces/")]
     results_prefix: String,
@@ -57,8 +62,10 @@ fn main() {
             sqs: services.sqs.clone(),
             grouping_queue_url: cli.grouping_queue_url.clone(),
             group_after_faces: cli.group_after_faces,
+            grouping_pending_for: std::time::Duration::from_secs(cli.grouping_pending_secs),
             results_prefix: cli.results_prefix.clone(),
             pool: Arc::new(pool),
+            known_good: std::sync::Mutex::new(None),
         },
     );
     // Exit without unwinding: an abandoned inference thread must not hold the exit up.

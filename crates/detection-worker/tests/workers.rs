@@ -1,11 +1,13 @@
 //! The worker binaries against real servers (moto for SQS + S3, SecantusDB for MongoDB), real
-//! models and real photos: end to end, and the at-least-once guarantees under crashes,
-//! redelivery, bad input, a MongoDB outage and SIGTERM.
+//! models and real photos: end to end, and the at-least-once guarantees under crashes at every
+//! write step, redelivery, bad and poison input, a broken runtime, a MongoDB outage and
+//! SIGTERM. The crash, poison and runtime faults come from the `testing` feature's hooks
+//! (`facegroup_worker::fault`), which this package's dev-dependency enables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use futures::TryStreamExt;
@@ -17,6 +19,7 @@ use facegroup_testkit::{
     sdk_config, start_mongo, start_mongo_on, start_moto, wait_exit, wait_for, worker_env, Server,
     TempDir,
 };
+use facegroup_worker::mongo::image_key;
 
 const GALLERY: &str = "g1";
 
@@ -92,9 +95,13 @@ impl Stack {
     }
 
     async fn send_detection(&self, queue: &str, image_id: &str, key: &str) {
+        self.send_detection_to(queue, GALLERY, image_id, key).await;
+    }
+
+    async fn send_detection_to(&self, queue: &str, gallery: &str, image_id: &str, key: &str) {
         self.send(
             queue,
-            json!({"image_id": image_id, "gallery_id": GALLERY, "bucket": self.bucket, "key": key,
+            json!({"image_id": image_id, "gallery_id": gallery, "bucket": self.bucket, "key": key,
                    "metadata": {"uploader": "tests"}}),
         )
         .await;
@@ -102,8 +109,13 @@ impl Stack {
 
     /// Starts a worker binary with drain/visibility settings suited to tests.
     fn worker(&self, kind: &str, queue: &str, extra: &[(&str, &str)]) -> Child {
+        self.worker_tagged(kind, kind, queue, extra)
+    }
+
+    /// [`worker`](Self::worker) with its own log file `TEST.TAG.log`, for several at once.
+    fn worker_tagged(&self, kind: &str, tag: &str, queue: &str, extra: &[(&str, &str)]) -> Child {
         let bin = worker_binary(kind);
-        let log = std::fs::File::create(self.logs.with_extension(format!("{kind}.log")))
+        let log = std::fs::File::create(self.logs.with_extension(format!("{tag}.log")))
             .expect("log file");
         let mut cmd = Command::new(bin);
         cmd.current_dir(repo_root())
@@ -119,7 +131,7 @@ impl Stack {
             .env("FACEGROUP_INTRA_THREADS", "1")
             .env(
                 "FACEGROUP_LIVENESS_FILE",
-                self.logs.with_extension(format!("{kind}.alive")),
+                self.logs.with_extension(format!("{tag}.alive")),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -139,8 +151,12 @@ impl Stack {
     }
 
     async fn image(&self, id: &str) -> Option<Document> {
+        self.image_in(GALLERY, id).await
+    }
+
+    async fn image_in(&self, gallery: &str, id: &str) -> Option<Document> {
         self.images()
-            .find_one(doc! {"_id": id})
+            .find_one(doc! {"_id": image_key(gallery, id)})
             .await
             .expect("find image")
     }
@@ -160,8 +176,12 @@ impl Stack {
     }
 
     async fn faces_of(&self, image_id: &str) -> Vec<Document> {
+        self.faces_in(GALLERY, image_id).await
+    }
+
+    async fn faces_in(&self, gallery: &str, image_id: &str) -> Vec<Document> {
         self.faces()
-            .find(doc! {"image_id": image_id})
+            .find(doc! {"gallery_id": gallery, "image_id": image_key(gallery, image_id)})
             .await
             .expect("find faces")
             .try_collect()
@@ -244,10 +264,14 @@ fn jpeg(img: &image::DynamicImage) -> Vec<u8> {
 }
 
 async fn assert_done_without_duplicates(s: &Stack, image_id: &str) -> usize {
-    let img = s.image(image_id).await.expect("image document");
+    assert_done_without_duplicates_in(s, GALLERY, image_id).await
+}
+
+async fn assert_done_without_duplicates_in(s: &Stack, gallery: &str, image_id: &str) -> usize {
+    let img = s.image_in(gallery, image_id).await.expect("image document");
     assert_eq!(img.get_str("status"), Ok("done"), "{image_id}: {img}");
     let count = img.get_i32("face_count").expect("face_count") as usize;
-    let faces = s.faces_of(image_id).await;
+    let faces = s.faces_in(gallery, image_id).await;
     let indices: BTreeSet<i32> = faces
         .iter()
         .map(|f| f.get_i32("face_index").expect("face_index"))
@@ -325,9 +349,11 @@ async fn end_to_end_photos_to_persons() {
     for p in run["persons"].as_array().expect("persons") {
         let pid = p["person_id"].as_str().expect("person id").to_string();
         for f in p["face_ids"].as_array().expect("face ids") {
+            // Face ids are `{gallery}/{image}:{model}:{index}`.
             let image = f
                 .as_str()
                 .and_then(|f| f.split(':').next())
+                .and_then(|k| k.strip_prefix(&format!("{GALLERY}/")))
                 .expect("face id");
             person_images
                 .entry(pid.clone())
@@ -444,62 +470,161 @@ async fn duplicates_and_bad_input_are_handled() {
     }
     // Everything settled: nothing left, nothing dead-lettered.
     assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
-    assert_eq!(queue_counts(&s.sqs, &dlq.expect("dlq")).await, (0, 0));
+    let dlq = dlq.expect("dlq");
+    assert_eq!(queue_counts(&s.sqs, &dlq).await, (0, 0));
+
+    // A late duplicate of the finished image is acknowledged without redoing it: the status
+    // document is not touched (no pending flip, same attempts and completion time).
+    let before = s.image("twice").await.expect("twice");
+    let faces_before = s.faces_of("twice").await;
+    s.send_detection(&queue, "twice", &key).await;
+    let mut w = s.worker("detection", &queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
+        Some(0)
+    );
+    assert_eq!(s.image("twice").await.expect("twice"), before);
+    assert_eq!(s.faces_of("twice").await, faces_before);
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, &dlq).await, (0, 0));
+}
+
+/// Every step of a detection job at which the fault hook can abort the worker: before and
+/// after each MongoDB/S3 write, and before the delete.
+const CRASH_STEPS: [&str; 8] = [
+    "after_begin",
+    "after_replace_faces",
+    "after_put_json",
+    "before_grouping_claim",
+    "after_grouping_claim",
+    "after_grouping_send",
+    "after_mark_done",
+    "before_delete",
+];
+
+/// What a finished detection of one image leaves behind, for comparing runs: the status and
+/// face count, each face's index, score and embedding, the faces JSON's face count, and the
+/// gallery's grouping trigger (faces counted, a grouping job claimed).
+async fn end_state(s: &Stack, gallery: &str, image_id: &str) -> Value {
+    let img = s.image_in(gallery, image_id).await.expect("image document");
+    let mut faces: Vec<Value> = s
+        .faces_in(gallery, image_id)
+        .await
+        .iter()
+        .map(|f| {
+            json!({
+                "face_index": f.get_i32("face_index").expect("face_index"),
+                "det_score": f.get_f64("det_score").expect("det_score"),
+                "embedding": f.get_binary_generic("embedding").expect("embedding"),
+                "model_version": f.get_str("model_version").expect("model_version"),
+            })
+        })
+        .collect();
+    faces.sort_by_key(|f| f["face_index"].as_i64());
+    let gallery_doc =
+        s.db.database("huemn")
+            .collection::<Document>("galleries")
+            .find_one(doc! {"_id": gallery})
+            .await
+            .expect("find gallery")
+            .expect("gallery document");
+    let counted: i64 = gallery_doc
+        .get_document("new_faces")
+        .map(|d| d.values().filter_map(|v| v.as_i64()).sum())
+        .unwrap_or(-1);
+    let json_faces = s.s3_json(&format!("faces/{gallery}/{image_id}.json")).await["faces"]
+        .as_array()
+        .map(Vec::len);
+    json!({
+        "status": img.get_str("status").ok(),
+        "face_count": img.get_i32("face_count").ok(),
+        "model_version": img.get_str("model_version").ok(),
+        "faces": faces,
+        "faces_json": json_faces,
+        "counted": counted,
+        "grouping_claimed": gallery_doc.get_str("pending_by").ok(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_job_leaves_no_duplicates_after_redelivery() {
-    let s = stack("sigkill").await;
-    // Short visibility so the killed worker's message comes back quickly.
-    let (queue, _) = create_queue(&s.sqs, "detect", 3, Some(5)).await;
+async fn a_crash_at_every_step_then_a_rerun_ends_as_an_uninterrupted_run() {
+    let s = stack("crash").await;
     let key = s.upload_photo("players.jpg").await;
-    s.send_detection(&queue, "players", &key).await;
-
-    let mut w = s.worker("detection", &queue, &[]);
-    // Kill as soon as the job is under way: faces partly written if we can catch it, else at
-    // least started (status pending).
-    let mut partial = false;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let pending = s.status("players").await.as_deref() == Some("pending");
-        let written = s.faces_of("players").await.len();
-        if pending && written > 0 {
-            partial = true;
-            break;
-        }
-        if s.status("players").await.as_deref() == Some("done") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "job never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let image = "players";
+    let settings = [
+        ("FACEGROUP_DRAIN", "true"),
+        ("FACEGROUP_GROUP_AFTER_FACES", "1"),
+        ("FACEGROUP_MAX_IN_FLIGHT", "1"),
+    ];
+    // One gallery, queue and grouping queue per run: the reference run and one per step, all
+    // at once (the crashed runs first, then their reruns).
+    let mut runs = Vec::new();
+    for (i, step) in std::iter::once("none").chain(CRASH_STEPS).enumerate() {
+        let gallery = format!("crash-{i}");
+        let (queue, _) = create_queue(&s.sqs, &format!("detect-{i}"), 30, None).await;
+        let (group_queue, _) = create_queue(&s.sqs, &format!("group-{i}"), 30, None).await;
+        s.send_detection_to(&queue, &gallery, image, &key).await;
+        runs.push((step, gallery, queue, group_queue));
     }
-    signal(&w, "-KILL");
-    let _ = w.wait();
-    eprintln!("killed with faces partly written: {partial}");
+    let mut crashed = Vec::new();
+    for (i, (step, _, queue, group_queue)) in runs.iter().enumerate() {
+        let mut env: Vec<(&str, &str)> = settings.to_vec();
+        env.push(("FACEGROUP_GROUPING_QUEUE_URL", group_queue));
+        if *step != "none" {
+            env.push(("FACEGROUP_TEST_CRASH_AT", step));
+        }
+        crashed.push(s.worker_tagged("detection", &format!("crash-{i}"), queue, &env));
+    }
+    for ((step, ..), child) in runs.iter().zip(crashed.iter_mut()) {
+        let status = wait_exit(child, Duration::from_secs(240)).await;
+        if *step == "none" {
+            assert_eq!(status.code(), Some(0), "reference run");
+        } else {
+            // The hook fired: the worker died instead of draining.
+            assert_ne!(status.code(), Some(0), "{step}: no crash");
+        }
+    }
+    // Reruns: drain with an idle time longer than the crashed worker's visibility (4 s), so
+    // the rerun waits for the message to come back.
+    let mut reruns = Vec::new();
+    for (i, (step, _, queue, group_queue)) in runs.iter().enumerate().skip(1) {
+        let mut env: Vec<(&str, &str)> = settings.to_vec();
+        env.push(("FACEGROUP_GROUPING_QUEUE_URL", group_queue));
+        env.push(("FACEGROUP_IDLE_EXIT_SECS", "10"));
+        reruns.push((
+            *step,
+            s.worker_tagged("detection", &format!("rerun-{i}"), queue, &env),
+        ));
+    }
+    for (step, child) in reruns.iter_mut() {
+        let status = wait_exit(child, Duration::from_secs(240)).await;
+        assert_eq!(status.code(), Some(0), "{step}: rerun drained");
+    }
 
-    // Idle exit longer than the killed worker's last visibility extension (4 s), so the drain
-    // cannot end before the message comes back.
-    let mut w2 = s.worker(
-        "detection",
-        &queue,
-        &[
-            ("FACEGROUP_DRAIN", "true"),
-            ("FACEGROUP_IDLE_EXIT_SECS", "10"),
-        ],
-    );
-    assert_eq!(
-        wait_exit(&mut w2, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
-    let n = assert_done_without_duplicates(&s, "players").await;
-    assert!(n > 1, "players.jpg has several faces");
+    let (_, ref_gallery, ref_queue, ref_group) = &runs[0];
+    let reference = end_state(&s, ref_gallery, image).await;
     assert!(
-        s.image("players")
-            .await
-            .and_then(|d| d.get_i32("attempts").ok())
-            >= Some(2)
+        assert_done_without_duplicates_in(&s, ref_gallery, image).await > 1,
+        "players.jpg has several faces"
     );
-    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(reference["grouping_claimed"], json!(image));
+    assert_eq!(queue_counts(&s.sqs, ref_queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, ref_group).await, (1, 0));
+    for (step, gallery, queue, group_queue) in &runs[1..] {
+        assert_done_without_duplicates_in(&s, gallery, image).await;
+        assert_eq!(
+            end_state(&s, gallery, image).await,
+            reference,
+            "crash {step}"
+        );
+        assert_eq!(queue_counts(&s.sqs, queue).await, (0, 0), "crash {step}");
+        // At least once: a crash after the send may send the grouping job twice.
+        let (grouping_jobs, _) = queue_counts(&s.sqs, group_queue).await;
+        assert!(
+            (1..=2).contains(&grouping_jobs),
+            "crash {step}: {grouping_jobs} grouping jobs"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,7 +634,9 @@ async fn mongodb_outage_loses_no_message() {
     let storage_path = storage_path.to_str().expect("utf8 path").to_string();
     let port = free_port();
     let s = stack_with_mongo("outage", start_mongo_on(port, &storage_path)).await;
-    let (queue, dlq) = create_queue(&s.sqs, "detect", 30, Some(10)).await;
+    // maxReceiveCount 3: released on every failure, as before the breaker, each message would
+    // be dead-lettered within seconds of a MongoDB outage.
+    let (queue, dlq) = create_queue(&s.sqs, "detect", 30, Some(3)).await;
     let photos = [
         "obama.jpg",
         "obama2.jpg",
@@ -523,17 +650,34 @@ async fn mongodb_outage_loses_no_message() {
         s.send_detection(&queue, p.trim_end_matches(".jpg"), &key)
             .await;
     }
-    let mut w = s.worker("detection", &queue, &[("FACEGROUP_MAX_IN_FLIGHT", "2")]);
+    // MongoDB calls fail after 1 s without a server (not the tests' usual 60 s), so the outage
+    // shows as failing jobs, not as jobs that merely wait.
+    let fast_fail =
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
+    let mut w = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_MAX_IN_FLIGHT", "2"),
+            ("FACEGROUP_MONGODB_URI", &fast_fail),
+        ],
+    );
     wait_for("first image done", Duration::from_secs(120), || async {
         s.done_count().await >= 1
     })
     .await;
 
-    // Take MongoDB away for 10 s, then bring it back with the same data.
+    // Take MongoDB away for longer than three visibility windows (3 x 4 s) with messages in
+    // flight, then bring it back with the same data.
     let mut s = s;
     s.mongo.terminate();
     eprintln!("mongodb stopped");
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        queue_counts(&s.sqs, dlq.as_deref().expect("dlq")).await,
+        (0, 0),
+        "nothing dead-lettered during the outage"
+    );
     s.mongo = start_mongo_on(port, &storage_path);
     eprintln!("mongodb restarted");
 
@@ -551,6 +695,79 @@ async fn mongodb_outage_loses_no_message() {
     }
     assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
     assert_eq!(queue_counts(&s.sqs, &dlq.expect("dlq")).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_image_is_failed_and_the_worker_keeps_serving() {
+    let s = stack("poison").await;
+    let (queue, dlq) = create_queue(&s.sqs, "detect", 30, Some(2)).await;
+    let key = s.upload_photo("obama.jpg").await;
+    for id in ["before", "poison", "after"] {
+        s.send_detection(&queue, id, &key).await;
+    }
+    let mut w = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_DRAIN", "true"),
+            ("FACEGROUP_MAX_IN_FLIGHT", "1"),
+            ("FACEGROUP_TEST_FAIL_INFERENCE", "poison"),
+        ],
+    );
+    let status = wait_exit(&mut w, Duration::from_secs(180)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a poison image is no runtime failure"
+    );
+    let img = s.image("poison").await.expect("poison recorded");
+    assert_eq!(img.get_str("status"), Ok("failed"));
+    let failure = img.get_document("failure").expect("failure");
+    assert_eq!(failure.get_str("class"), Ok("permanent"));
+    assert!(
+        failure
+            .get_str("reason")
+            .unwrap_or_default()
+            .contains("inference"),
+        "{failure}"
+    );
+    assert!(s.faces_of("poison").await.is_empty());
+    // The same image under other ids: the worker served them before and after.
+    assert!(assert_done_without_duplicates(&s, "before").await >= 1);
+    assert!(assert_done_without_duplicates(&s, "after").await >= 1);
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, &dlq.expect("dlq")).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_broken_mid_job_exits_3_and_releases_the_messages() {
+    let s = stack("runtime").await;
+    let (queue, _) = create_queue(&s.sqs, "detect", 600, None).await;
+    let key = s.upload_photo("obama.jpg").await;
+    s.send_detection(&queue, "first", &key).await;
+    let mut w = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_MAX_IN_FLIGHT", "1"),
+            ("FACEGROUP_VISIBILITY_SECS", "600"),
+            ("FACEGROUP_HEARTBEAT_SECS", "60"),
+            // From this image on, inference and the probe fail: a GPU lost mid-run.
+            ("FACEGROUP_TEST_BREAK_RUNTIME", "breaks"),
+        ],
+    );
+    wait_for("first image done", Duration::from_secs(120), || async {
+        s.status("first").await.as_deref() == Some("done")
+    })
+    .await;
+    s.send_detection(&queue, "breaks", &key).await;
+    s.send_detection(&queue, "waiting", &key).await;
+    let status = wait_exit(&mut w, Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(3), "GPU/runtime failure");
+    // The job had started; it is not blamed on the image, and its message is visible again at
+    // once (10-minute visibility otherwise), with the one never received.
+    assert_eq!(s.status("breaks").await.as_deref(), Some("pending"));
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (2, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,4 +851,18 @@ async fn exit_codes_follow_the_contract() {
     let mut cuda = base.to_vec();
     cuda.push(("FACEGROUP_PROVIDER", "cuda"));
     assert_eq!(run(&cuda), Some(3));
+
+    // `--help` shows no secret-bearing environment value.
+    let help = Command::new(&bin)
+        .arg("--help")
+        .env(
+            "FACEGROUP_MONGODB_URI",
+            "mongodb://app:hunter2@db.example:27017",
+        )
+        .output()
+        .expect("run --help");
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("FACEGROUP_MONGODB_URI"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
 }

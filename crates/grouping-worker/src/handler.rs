@@ -387,14 +387,14 @@ impl GroupingHandler {
 }
 
 /// Groups `faces` (`mode` None: the probe, a full grouping). The kNN step fails on purpose in
-/// `testing` builds with `FACEGROUP_TEST_FAULT=grouping-runtime`.
+/// test builds with `FACEGROUP_TEST_FAULT=grouping-runtime` ([`facegroup_worker::fault`]).
 fn group(
     faces: &[FaceInput],
     cfg: &GroupConfig,
     previous: Option<&Groups>,
     mode: Option<GroupMode>,
 ) -> Result<Groups, GroupError> {
-    if forced_runtime_fault() {
+    if facegroup_worker::fault::forced("grouping-runtime") {
         return Err(GroupError::Faiss(
             "forced by FACEGROUP_TEST_FAULT=grouping-runtime".into(),
         ));
@@ -403,16 +403,6 @@ fn group(
         Some(mode) => regroup(faces, cfg, mode, previous).map(|(groups, _)| groups),
         None => group_faces(faces, cfg, previous),
     }
-}
-
-#[cfg(feature = "testing")]
-fn forced_runtime_fault() -> bool {
-    std::env::var("FACEGROUP_TEST_FAULT").as_deref() == Ok("grouping-runtime")
-}
-
-#[cfg(not(feature = "testing"))]
-fn forced_runtime_fault() -> bool {
-    false
 }
 
 /// FAISS trouble may be a broken GPU (suspect: the probe decides); bad stored embeddings cannot

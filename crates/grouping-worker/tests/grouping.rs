@@ -4,15 +4,13 @@
 //! in one committed run, an empty face set keeps the committed run, and a runtime failure mid-job
 //! exits 3 and releases the message.
 //!
-//! The binary is built with the `testing` feature (its fault hook) by [`worker_binary`] and
-//! copied aside, so the plain build other tests and images use stays free of it.
-
+//! The binary is the one cargo builds for these tests: the dev-dependency on
+//! `facegroup-worker/testing` compiles its fault hook in; `cargo build` of the binary has none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use facegroup_worker::gallery::GalleryStore;
@@ -28,32 +26,10 @@ const GALLERY: &str = "g1";
 const MODEL_VERSION: &str = "scrfd_500m_bnkps+w600k_mbf";
 const DIM: usize = 512;
 
-/// The grouping worker built with `--features testing`, copied out of cargo's way once per
-/// test process (cargo itself builds this package's binary without features for the tests).
+/// The grouping worker binary cargo built for these tests (with `facegroup-worker/testing`
+/// through the dev-dependency, so the fault hooks are in).
 fn worker_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(repo_root())
-            .args([
-                "build",
-                "-p",
-                "facegroup-grouping-worker",
-                "--features",
-                "testing",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the grouping worker failed");
-        let built = PathBuf::from(env!("CARGO_BIN_EXE_facegroup-grouping-worker"));
-        let copy = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "facegroup-grouping-worker-testing-{}",
-            std::process::id()
-        ));
-        std::fs::copy(&built, &copy).expect("copy worker binary");
-        copy
-    })
+    Path::new(env!("CARGO_BIN_EXE_facegroup-grouping-worker"))
 }
 
 /// moto started with request recording into `recording` (a test's own file).
@@ -447,7 +423,7 @@ async fn concurrent_jobs_of_one_gallery_end_in_one_committed_run() {
     let slots = [("FACEGROUP_MAX_IN_FLIGHT", "4")];
     let mut workers = vec![s.worker(0, &slots), s.worker(1, &slots)];
     // 20 jobs while faces keep arriving; the last job is sent after the last face.
-    let mut next_face = vec![3; PERSONS];
+    let mut next_face = [3; PERSONS];
     for j in 0..20 {
         let p = j % PERSONS;
         s.add_faces(p, next_face[p], 1).await;

@@ -24,8 +24,9 @@ pub struct CommonConfig {
     #[arg(long, env = "FACEGROUP_BUCKET")]
     pub bucket: String,
 
-    /// MongoDB connection string (printed with the password redacted).
-    #[arg(long, env = "FACEGROUP_MONGODB_URI")]
+    /// MongoDB connection string (printed with the password redacted; `--help` never shows
+    /// its value).
+    #[arg(long, env = "FACEGROUP_MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: String,
 
     /// Jobs processed at the same time; receives ask for no more than the free slots.
@@ -79,6 +80,12 @@ pub struct CommonConfig {
     #[arg(long, env = "FACEGROUP_S3_PATH_STYLE", default_value_t = false)]
     pub s3_path_style: bool,
 
+    /// Consecutive temporary failures (MongoDB/S3 trouble) that open the consumer's circuit
+    /// breaker: it stops receiving and holds the failing messages (heartbeat going) instead of
+    /// releasing them into the DLQ during an outage.
+    #[arg(long, env = "FACEGROUP_BREAKER_FAILURES", default_value_t = 3)]
+    pub breaker_failures: u32,
+
     /// CloudWatch metric namespace of the Embedded Metric Format lines.
     #[arg(long, env = "FACEGROUP_METRICS_NAMESPACE", default_value = "facegroup")]
     pub metrics_namespace: String,
@@ -129,6 +136,9 @@ impl CommonConfig {
         if self.grace_period_secs == 0 {
             return bad("grace period must be positive".into());
         }
+        if self.breaker_failures == 0 {
+            return bad("breaker failures must be positive".into());
+        }
         if self.max_object_bytes == 0 {
             return bad("max object bytes must be positive".into());
         }
@@ -155,7 +165,8 @@ impl fmt::Display for Redacted<'_> {
             f,
             "queue_url={} bucket={} mongodb_uri={} max_in_flight={} wait_time_secs={} \
              visibility_secs={} heartbeat_secs={} retry_backoff_secs={} grace_period_secs={} \
-             drain={} idle_exit_secs={} liveness_file={} max_object_bytes={} s3_path_style={}",
+             drain={} idle_exit_secs={} liveness_file={} max_object_bytes={} s3_path_style={} \
+             breaker_failures={}",
             c.queue_url,
             c.bucket,
             redact_uri(&c.mongodb_uri),
@@ -169,7 +180,8 @@ impl fmt::Display for Redacted<'_> {
             c.idle_exit_secs,
             c.liveness_file.display(),
             c.max_object_bytes,
-            c.s3_path_style
+            c.s3_path_style,
+            c.breaker_failures
         )
     }
 }

@@ -93,6 +93,14 @@ impl JobError {
 pub enum StoreError {
     #[error("s3://{bucket}/{key} does not exist")]
     NotFound { bucket: String, key: String },
+    /// S3 answered 403: this worker's role may not read the object. Without `s3:ListBucket` S3
+    /// also answers a missing key this way, so the two cannot be told apart; either way the
+    /// same request can never succeed by retrying it.
+    #[error(
+        "s3://{bucket}/{key}: access denied (the worker's role cannot read this object, or it \
+         does not exist and the role may not list the bucket)"
+    )]
+    Denied { bucket: String, key: String },
     #[error("s3://{bucket}/{key} is {size} bytes, over the limit of {max}")]
     TooLarge {
         bucket: String,
@@ -109,13 +117,13 @@ pub enum StoreError {
 }
 
 impl From<StoreError> for JobError {
-    /// A missing or oversized object is the caller's bad input; everything else is the store's
-    /// (temporary) trouble.
+    /// A missing, unreadable (403) or oversized object is the caller's bad input; everything
+    /// else is the store's (temporary) trouble.
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound { .. } | StoreError::TooLarge { .. } => {
-                JobError::permanent(e.to_string())
-            }
+            StoreError::NotFound { .. }
+            | StoreError::Denied { .. }
+            | StoreError::TooLarge { .. } => JobError::permanent(e.to_string()),
             _ => JobError::temporary(e.to_string()),
         }
     }

@@ -1,8 +1,8 @@
 //! Shared runtime of the facegroup workers (`facegroup-detection-worker`,
 //! `facegroup-grouping-worker`): typed configuration ([`config`]), the SQS consumer ([`sqs`]),
 //! the S3 and MongoDB stores ([`s3`], [`mongo`]), message contracts ([`jobs`]), error classes
-//! ([`error`]), CloudWatch EMF metrics ([`metrics`]) and the process lifecycle: [`run`] is the
-//! whole `main` of both worker binaries.
+//! ([`error`]), CloudWatch EMF metrics ([`metrics`]), test-only fault hooks ([`fault`], feature
+//! `testing`) and the process lifecycle: [`run`] is the whole `main` of both worker binaries.
 //!
 //! # Exit codes
 //!
@@ -25,6 +25,7 @@ pub mod aws;
 pub mod config;
 mod entry;
 pub mod error;
+pub mod fault;
 pub mod gallery;
 pub mod gpu;
 pub mod jobs;

@@ -2,9 +2,15 @@
 //! - `gallery_images.faces`: one document per detected face, keyed by (image id, face index,
 //!   model version) both as a unique index and as a deterministic `_id`, so every write is an
 //!   idempotent upsert and a redelivered message can never duplicate faces;
-//! - `huemn.images`: one document per image with its processing status (pending, done with a face
-//!   count, failed with class and reason), timestamps and attempts; `huemn.galleries` holds the
-//!   per-gallery counter that debounces grouping jobs.
+//! - `huemn.images`: one document per image, `_id` = [`image_key`] (`{gallery_id}/{image_id}`:
+//!   image ids are the caller's and only unique within a gallery), with its processing status
+//!   (pending, done with a face count and model version, failed with class and reason),
+//!   timestamps and attempts;
+//! - `huemn.galleries`: the per-gallery grouping trigger. Each done image *sets* its face count
+//!   under its own name (`new_faces.{image}`), so a rerun after a crash rewrites the same value
+//!   instead of counting twice, and the sum decides when to enqueue a grouping job. The pending
+//!   mark carries an expiry and the image that claimed it: a crash between the claim and the
+//!   send is completed by that image's redelivery, or by any later detection once it expires.
 
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
@@ -51,6 +57,22 @@ pub struct MongoStore {
     faces: Collection<Document>,
     images: Collection<Document>,
     galleries: Collection<Document>,
+}
+
+/// The `_id` of an image's status document, and its name within the gallery's grouping
+/// trigger: ids are checked to hold no `/` (see `jobs::check_id`), so the key is unambiguous.
+pub fn image_key(gallery_id: &str, image_id: &str) -> String {
+    format!("{gallery_id}/{image_id}")
+}
+
+/// What [`MongoStore::begin`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// The job should run (status now pending, one more attempt recorded).
+    Run,
+    /// The image is already done from the same object with the same model version: a
+    /// duplicate delivery, to acknowledge without redoing or touching the status.
+    AlreadyDone,
 }
 
 impl MongoStore {
@@ -112,10 +134,25 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Records that a job for the image has started (status pending, one more attempt).
-    pub async fn mark_pending(&self, img: &ImageRef<'_>) -> Result<(), StoreError> {
+    /// Starts a job for the image: a duplicate of a finished one ([`Begin::AlreadyDone`]: done,
+    /// same bucket, key and model version) is left untouched; otherwise the status becomes
+    /// pending with one more attempt.
+    pub async fn begin(
+        &self,
+        img: &ImageRef<'_>,
+        model_version: &str,
+    ) -> Result<Begin, StoreError> {
+        let key = image_key(img.gallery_id, img.image_id);
+        let done_same = doc! {
+            "_id": &key, "status": "done", "model_version": model_version,
+            "bucket": img.bucket, "key": img.key,
+        };
+        if self.images.find_one(done_same).await?.is_some() {
+            return Ok(Begin::AlreadyDone);
+        }
         let now = DateTime::now();
         let mut set = doc! {
+            "image_id": img.image_id,
             "gallery_id": img.gallery_id,
             "bucket": img.bucket,
             "key": img.key,
@@ -132,17 +169,17 @@ impl MongoStore {
         }
         self.images
             .update_one(
-                doc! {"_id": img.image_id},
+                doc! {"_id": &key},
                 doc! {
                     "$set": set,
                     "$inc": {"attempts": 1},
                     "$setOnInsert": {"created_at": now},
-                    "$unset": {"failure": ""},
+                    "$unset": {"failure": "", "face_count": "", "completed_at": ""},
                 },
             )
             .upsert(true)
             .await?;
-        Ok(())
+        Ok(Begin::Run)
     }
 
     /// Writes an image's faces (all of one image and model version): one upsert per face, then
@@ -178,51 +215,49 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Marks the image done. Returns true the first time this image is counted, so the caller
-    /// adds its faces to the gallery's grouping counter only once per image.
-    pub async fn mark_done(&self, image_id: &str, face_count: usize) -> Result<bool, StoreError> {
+    /// Marks the image done with its face count and the model version that found them (what
+    /// [`begin`](Self::begin) compares a duplicate delivery with).
+    pub async fn mark_done(
+        &self,
+        gallery_id: &str,
+        image_id: &str,
+        face_count: usize,
+        model_version: &str,
+    ) -> Result<(), StoreError> {
         let now = DateTime::now();
         self.images
             .update_one(
-                doc! {"_id": image_id},
+                doc! {"_id": image_key(gallery_id, image_id)},
                 doc! {
                     "$set": {"status": "done", "face_count": face_count as i32,
+                             "model_version": model_version,
                              "updated_at": now, "completed_at": now},
                     "$unset": {"failure": ""},
                 },
             )
-            .upsert(true)
             .await?;
-        let first = self
-            .images
-            .update_one(
-                doc! {"_id": image_id, "counted": {"$ne": true}},
-                doc! {"$set": {"counted": true}},
-            )
-            .await?;
-        Ok(first.modified_count == 1)
+        Ok(())
     }
 
     /// Marks the image failed with the error class and reason.
     pub async fn mark_failed(
         &self,
+        gallery_id: &str,
         image_id: &str,
-        gallery_id: Option<&str>,
         class: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
         let now = DateTime::now();
-        let mut set = doc! {
+        let set = doc! {
+            "image_id": image_id,
+            "gallery_id": gallery_id,
             "status": "failed",
             "failure": {"class": class, "reason": reason},
             "updated_at": now,
         };
-        if let Some(g) = gallery_id {
-            set.insert("gallery_id", g);
-        }
         self.images
             .update_one(
-                doc! {"_id": image_id},
+                doc! {"_id": image_key(gallery_id, image_id)},
                 doc! {"$set": set, "$setOnInsert": {"created_at": now, "attempts": 1}},
             )
             .upsert(true)
@@ -230,42 +265,70 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Adds `new_faces` to the gallery's counter; returns true when this call crossed
-    /// `threshold` with no grouping job pending, i.e. the caller must enqueue one (the counter is
-    /// reset and the gallery marked pending in the same atomic update, so only one caller wins).
+    /// Records that image `image_id` brought `new_faces` faces to the gallery, and returns true
+    /// when the caller must enqueue a grouping job: the gallery's new faces reach `threshold`
+    /// and no grouping job is pending (none claimed, the claim expired, or this same image
+    /// claimed it on an earlier attempt that may have crashed before sending). The claim is one
+    /// atomic update, so only one concurrent caller wins it; it lasts `pending_for`.
+    ///
+    /// Idempotent: the image's count is set under its own name, never added, so a rerun of the
+    /// same image counts once.
     pub async fn add_new_faces(
         &self,
         gallery_id: &str,
+        image_id: &str,
         new_faces: usize,
         threshold: usize,
+        pending_for: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        self.galleries
-            .update_one(
+        let field = format!("new_faces.{}", trigger_field(image_id));
+        let now = DateTime::now();
+        let gallery = self
+            .galleries
+            .find_one_and_update(
                 doc! {"_id": gallery_id},
-                doc! {"$inc": {"new_faces": new_faces as i64},
-                "$set": {"updated_at": DateTime::now()}},
+                doc! {"$set": {field: new_faces as i64, "updated_at": now}},
             )
             .upsert(true)
-            .await?;
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| StoreError::Malformed(format!("gallery {gallery_id} not upserted")))?;
+        let total: i64 = gallery
+            .get_document("new_faces")
+            .map(|d| d.values().filter_map(Bson::as_i64).sum())
+            .unwrap_or(0);
+        if total < threshold as i64 {
+            return Ok(false);
+        }
+        crate::fault::crash_point("before_grouping_claim");
+        let until = DateTime::from_millis(
+            now.timestamp_millis()
+                .saturating_add(i64::try_from(pending_for.as_millis()).unwrap_or(i64::MAX)),
+        );
         let won = self
             .galleries
             .find_one_and_update(
-                doc! {"_id": gallery_id, "grouping_pending": {"$ne": true},
-                "new_faces": {"$gte": threshold as i64}},
-                doc! {"$set": {"grouping_pending": true, "new_faces": 0_i64}},
+                doc! {"_id": gallery_id, "$or": [
+                    {"pending_until": {"$exists": false}},
+                    {"pending_until": null},
+                    {"pending_until": {"$lt": now}},
+                    {"pending_by": image_id},
+                ]},
+                doc! {"$set": {"pending_until": until, "pending_by": image_id}},
             )
-            .return_document(ReturnDocument::After)
             .await?;
         Ok(won.is_some())
     }
 
-    /// Undoes [`add_new_faces`](Self::add_new_faces)' pending mark (the enqueue failed, or a
-    /// grouping job started and new faces should trigger the next one).
+    /// Ends the pending mark of [`add_new_faces`](Self::add_new_faces) and forgets the counted
+    /// faces: a grouping job starts now (it reads every face there is), so new faces count
+    /// towards the next one. Also called when the enqueue failed.
     pub async fn clear_grouping_pending(&self, gallery_id: &str) -> Result<(), StoreError> {
         self.galleries
             .update_one(
                 doc! {"_id": gallery_id},
-                doc! {"$set": {"grouping_pending": false, "updated_at": DateTime::now()}},
+                doc! {"$set": {"new_faces": {}, "updated_at": DateTime::now()},
+                "$unset": {"pending_until": "", "pending_by": ""}},
             )
             .upsert(true)
             .await?;
@@ -322,6 +385,12 @@ impl MongoStore {
         }
         Ok(())
     }
+}
+
+/// An image id as a field name: ids may hold `.`, which MongoDB reads as a path separator, and
+/// never `:` (see `jobs::check_id`), so the mapping is unambiguous.
+fn trigger_field(image_id: &str) -> String {
+    image_id.replace('.', ":")
 }
 
 /// The stored document of a face (without gallery and timestamps): `_id` is the face id, the
@@ -467,5 +536,12 @@ mod tests {
         assert_eq!(face_record(&d).expect("decode"), record);
         d.remove("embedding");
         assert!(face_record(&d).is_err());
+    }
+
+    #[test]
+    fn image_keys_are_scoped_by_gallery() {
+        assert_eq!(image_key("g1", "img.jpg"), "g1/img.jpg");
+        assert_ne!(image_key("g1", "x"), image_key("g2", "x"));
+        assert_eq!(trigger_field("a.b.jpg"), "a:b:jpg");
     }
 }

@@ -1,4 +1,6 @@
-//! S3 store: size-limited reads of input images and JSON writes of results.
+//! S3 store: size-limited reads of input images and JSON writes of results. A read answered
+//! 404 is [`StoreError::NotFound`], one answered 403 is [`StoreError::Denied`]: both permanent
+//! for the input (retrying the same request cannot help), unlike network or 5xx trouble.
 
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
@@ -46,6 +48,12 @@ impl S3Store {
             Ok(out) => out,
             Err(SdkError::ServiceError(e)) if is_not_found(e.err()) => {
                 return Err(StoreError::NotFound {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                })
+            }
+            Err(SdkError::ServiceError(e)) if is_denied(e.err(), e.raw().status().as_u16()) => {
+                return Err(StoreError::Denied {
                     bucket: bucket.into(),
                     key: key.into(),
                 })
@@ -107,6 +115,11 @@ impl S3Store {
             .map_err(|e| StoreError::S3(DisplayErrorContext(&e).to_string()))?;
         Ok(())
     }
+}
+
+fn is_denied(e: &GetObjectError, status: u16) -> bool {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    status == 403 || matches!(e.code(), Some("AccessDenied" | "Forbidden"))
 }
 
 fn is_not_found(e: &GetObjectError) -> bool {

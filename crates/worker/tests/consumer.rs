@@ -2,8 +2,9 @@
 //! so each delivery rule is seen on its own: poison messages reach the DLQ, heartbeats keep a
 //! long job's message hidden, shutdown releases unfinished messages at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use facegroup_worker::sqs::{consume, ConsumerConfig};
@@ -26,6 +27,7 @@ fn consumer_config(queue_url: &str, dir: &TempDir) -> ConsumerConfig {
         drain: false,
         idle_exit: Duration::from_secs(1),
         liveness_file: dir.path().join("alive"),
+        breaker_failures: 3,
     }
 }
 
@@ -255,4 +257,241 @@ async fn fatal_failure_releases_every_message_and_stops() {
     assert_eq!(outcome, Outcome::Fatal("CUDA error: device lost".into()));
     // The failing message and the held ones are all visible again at once, none deleted.
     assert_eq!(queue_counts(&sqs, &queue).await, (3, 0));
+}
+
+/// Sleeps, then "commits" (counts); a drop guard counts jobs cancelled before their commit.
+struct CommitsAfterSleep {
+    started: Arc<AtomicUsize>,
+    committed: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+    sleep: Duration,
+}
+
+struct CountOnDrop(Arc<AtomicUsize>, bool);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Handler for CommitsAfterSleep {
+    async fn handle(&self, _msg: &Message) -> Result<JobReport, JobError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let mut guard = CountOnDrop(self.cancelled.clone(), true);
+        tokio::time::sleep(self.sleep).await;
+        guard.1 = false;
+        self.committed.fetch_add(1, Ordering::SeqCst);
+        Ok(JobReport::default())
+    }
+    async fn record_failure(&self, _: &Message, _: &JobError) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_message_is_gone_is_cancelled_before_its_commit() {
+    let (_moto, sqs) = moto_sqs().await;
+    let (queue, _) = create_queue(&sqs, "lost", 30, None).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("{}")
+        .send()
+        .await
+        .expect("send");
+    let dir = TempDir::new("consumer");
+    let started = Arc::new(AtomicUsize::new(0));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    // The worker holds the message for 1 s and extends it every 3 s, so another consumer (this
+    // test) can take it over in between, as after a long pause of the worker.
+    let mut cfg = consumer_config(&queue, &dir);
+    cfg.visibility_secs = 1;
+    cfg.heartbeat = Duration::from_secs(3);
+    let task = tokio::spawn(consume(
+        cfg,
+        sqs.clone(),
+        CommitsAfterSleep {
+            started: started.clone(),
+            committed: committed.clone(),
+            cancelled: cancelled.clone(),
+            sleep: Duration::from_secs(3600),
+        },
+        metrics(),
+        stop.clone(),
+    ));
+    wait_for("job started", Duration::from_secs(30), || async {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Another consumer receives the message, finishes it and deletes it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .visibility_timeout(600)
+            .send()
+            .await
+            .expect("receive");
+        if let Some(r) = out.messages().first().and_then(|m| m.receipt_handle()) {
+            break Some(r.to_string());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sqs.delete_message()
+        .queue_url(&queue)
+        .receipt_handle(taken.expect("receipt"))
+        .send()
+        .await
+        .expect("delete");
+    // The worker's next heartbeat is rejected: its job is dropped, never committed.
+    wait_for("job cancelled", Duration::from_secs(30), || async {
+        cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(committed.load(Ordering::SeqCst), 0);
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
+    assert_eq!(queue_counts(&sqs, &queue).await, (0, 0));
+}
+
+/// Fails temporarily while `down` is set (a dependency outage); records each call per body.
+struct Outage {
+    down: Arc<AtomicBool>,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    done: Arc<AtomicUsize>,
+    max_receive: Arc<AtomicUsize>,
+}
+
+impl Handler for Outage {
+    async fn handle(&self, msg: &Message) -> Result<JobReport, JobError> {
+        *self
+            .calls
+            .lock()
+            .expect("calls")
+            .entry(msg.body.clone())
+            .or_default() += 1;
+        self.max_receive
+            .fetch_max(msg.receive_count as usize, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(JobError::temporary("MongoDB: connection refused"));
+        }
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Ok(JobReport::default())
+    }
+    async fn record_failure(&self, _: &Message, _: &JobError) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_holds_messages_instead_of_dead_lettering_them() {
+    let (_moto, sqs) = moto_sqs().await;
+    let (queue, dlq) = create_queue(&sqs, "outage", 30, Some(3)).await;
+    let dlq = dlq.expect("dlq");
+    for i in 0..4 {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .expect("send");
+    }
+    let dir = TempDir::new("consumer");
+    let handler = Outage {
+        down: Arc::new(AtomicBool::new(true)),
+        calls: Arc::new(Mutex::new(HashMap::new())),
+        done: Arc::new(AtomicUsize::new(0)),
+        max_receive: Arc::new(AtomicUsize::new(0)),
+    };
+    let (down, calls, done, max_receive) = (
+        handler.down.clone(),
+        handler.calls.clone(),
+        handler.done.clone(),
+        handler.max_receive.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consume(
+        consumer_config(&queue, &dir),
+        sqs.clone(),
+        handler,
+        metrics(),
+        stop.clone(),
+    ));
+    // Released on every failure, no message could be tried more than maxReceiveCount (3) times
+    // before the DLQ; held by the open breaker, some are retried more often in-process.
+    wait_for(
+        "a held message retried past maxReceiveCount",
+        Duration::from_secs(60),
+        || async { calls.lock().expect("calls").values().any(|&n| n > 3) },
+    )
+    .await;
+    assert_eq!(queue_counts(&sqs, &dlq).await, (0, 0));
+    down.store(false, Ordering::SeqCst);
+    wait_for("every message done", Duration::from_secs(60), || async {
+        done.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    wait_for("queue empty", Duration::from_secs(30), || async {
+        queue_counts(&sqs, &queue).await == (0, 0)
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
+    assert_eq!(queue_counts(&sqs, &dlq).await, (0, 0));
+    assert!(
+        max_receive.load(Ordering::SeqCst) <= 3,
+        "a message was received past maxReceiveCount"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_file_is_touched_while_every_slot_is_busy() {
+    let (_moto, sqs) = moto_sqs().await;
+    let (queue, _) = create_queue(&sqs, "busy", 30, None).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("{}")
+        .send()
+        .await
+        .expect("send");
+    let dir = TempDir::new("consumer");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut cfg = consumer_config(&queue, &dir);
+    cfg.max_in_flight = 1;
+    let alive = cfg.liveness_file.clone();
+    let task = tokio::spawn(consume(
+        cfg,
+        sqs.clone(),
+        Slow {
+            calls: calls.clone(),
+            sleep: Duration::from_secs(3600),
+        },
+        metrics(),
+        stop.clone(),
+    ));
+    wait_for("the only slot busy", Duration::from_secs(30), || async {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stamp = || std::fs::read_to_string(&alive).unwrap_or_default();
+    let first = stamp();
+    wait_for(
+        "liveness touched again with the slot busy",
+        Duration::from_secs(30),
+        || async { !stamp().is_empty() && stamp() != first },
+    )
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "still the same job");
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), Outcome::Shutdown);
 }

@@ -2,7 +2,6 @@
 //! fencing token, coalescing, takeover, expiry, the fenced commit, and fenced, chunked
 //! person-id writes.
 
-
 use std::time::Duration;
 
 use facegroup_core::{Groups, Person};
