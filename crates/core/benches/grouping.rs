@@ -138,6 +138,7 @@ fn main() {
                 pair: cfg.pair_threshold,
                 floor: cfg.merge_threshold,
             },
+            cohesion: cfg.cohesion(),
         });
         let hac_s = t.elapsed().as_secs_f64();
         let hac_persons = count_groups(roots.iter().map(|&r| Some(r)));

@@ -26,9 +26,13 @@
 //! same-person edge recall falls to 0.56 there, so galleries of a million faces need a wider
 //! spill or the GPU index. Memory is O(N (d + k)).
 
+// The evaluation methods are not part of the grouping API: `eval` is for the CLI's
+// `eval-groups`, tests and benches.
+#[cfg(feature = "eval")]
 pub mod baselines;
 pub mod hac;
 pub mod knn;
+#[cfg(feature = "eval")]
 pub mod metrics;
 mod mode;
 
@@ -37,7 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use hac::MergeThreshold;
+pub use hac::{Cohesion, MergeThreshold};
 pub use knn::{KnnConfig, KnnGraph};
 pub use mode::{regroup, GroupMode};
 
@@ -104,6 +108,13 @@ pub struct GroupConfig {
     /// Like `merge_threshold`, for a low-quality face joining a cluster of good faces after
     /// clustering: it needs `attach + (pair - attach) / sqrt(|cluster|)`.
     pub attach_threshold: f32,
+    /// Lowest ratio of two clusters' cross similarity to their own cohesion that may merge
+    /// (see [`Cohesion`]); 0 disables the test.
+    pub cohesion_ratio: f32,
+    /// Cohesion assumed for a single face (see [`Cohesion::prior`]).
+    pub cohesion_prior: f32,
+    /// Weight of `cohesion_prior`, in ordered face pairs.
+    pub cohesion_prior_pairs: f32,
     /// Fewest faces a person needs (clusters below it are left unassigned). Default 2.
     pub min_cluster_size: usize,
     /// Faces with `quality` below this are low quality even when `quality_ok`. Default 0.
@@ -117,6 +128,9 @@ impl Default for GroupConfig {
             pair_threshold: 0.40,
             merge_threshold: 0.20,
             attach_threshold: 0.25,
+            cohesion_ratio: 0.0,
+            cohesion_prior: 0.5,
+            cohesion_prior_pairs: 2.0,
             min_cluster_size: 2,
             min_quality: 0.0,
         }
@@ -128,6 +142,15 @@ impl GroupConfig {
         MergeThreshold {
             pair: self.pair_threshold,
             floor: self.merge_threshold,
+        }
+    }
+
+    /// The cohesion test of the merges (see [`Cohesion`]).
+    pub fn cohesion(&self) -> Cohesion {
+        Cohesion {
+            ratio: self.cohesion_ratio,
+            prior: self.cohesion_prior,
+            prior_pairs: self.cohesion_prior_pairs,
         }
     }
 
@@ -171,6 +194,7 @@ pub fn group_faces(
         seeds: &set.seeds,
         graph: &graph,
         threshold: cfg.merge(),
+        cohesion: cfg.cohesion(),
     });
     let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, &r) in roots.iter().enumerate() {
@@ -186,7 +210,9 @@ pub fn group_faces(
     // start a cluster or join two; a good face plus a poor photo of the same person may still
     // make a person, which matters when a person has only two photos.
     let leftovers: Vec<usize> = (0..set.len()).filter(|&i| !set.seeds[i]).collect();
-    attach(&set, &graph, &mut clusters, &leftovers, |_| cfg.attach());
+    attach(&set, &graph, &mut clusters, &leftovers, |_| {
+        (cfg.attach(), Cohesion::OFF)
+    });
     let persons: Vec<Cluster> = clusters
         .into_iter()
         .filter(|c| c.members.len() + c.attached.len() >= cfg.min_cluster_size.max(1))
@@ -240,9 +266,9 @@ pub fn assign_new_faces(
     let graph = KnnGraph::build(&set.data, set.dim, &cfg.knn)?;
     attach(&set, &graph, &mut persons, &leftovers, |i| {
         if set.seeds[i] {
-            cfg.merge()
+            (cfg.merge(), cfg.cohesion())
         } else {
-            cfg.attach()
+            (cfg.attach(), Cohesion::OFF)
         }
     });
     Ok(finish(&set, persons, Some(previous)))
@@ -354,15 +380,16 @@ impl Cluster {
 }
 
 /// Attaches each leftover face to the best cluster among those of its graph neighbours, if its
-/// mean similarity to that cluster's seeds reaches `threshold(face)` at the cluster's size and
-/// the cluster has no face from the same photo. Best matches claim photos first, so two faces of one photo competing
+/// mean similarity to that cluster's seeds passes `rule(face)` (the threshold at the cluster's
+/// size and the cohesion test, the face counting as a one-face cluster) and the cluster has no
+/// face from the same photo. Best matches claim photos first, so two faces of one photo competing
 /// for a person are resolved by similarity, not input order.
 fn attach(
     set: &FaceSet,
     graph: &KnnGraph,
     persons: &mut [Cluster],
     leftovers: &[usize],
-    threshold: impl Fn(usize) -> MergeThreshold + Sync,
+    rule: impl Fn(usize) -> (MergeThreshold, Cohesion) + Sync,
 ) {
     let mut person_of = vec![usize::MAX; set.len()];
     for (p, c) in persons.iter().enumerate() {
@@ -371,6 +398,7 @@ fn attach(
         }
     }
     let persons_ro: &[Cluster] = persons;
+    let norm2: Vec<f32> = persons.iter().map(|c| dot(&c.sum, &c.sum)).collect();
     let mut offers: Vec<(f32, usize, Vec<usize>)> = leftovers
         .par_iter()
         .filter_map(|&i| {
@@ -381,10 +409,15 @@ fn attach(
                 .collect();
             candidates.sort_unstable();
             candidates.dedup();
+            let (threshold, cohesion) = rule(i);
             let mut scored: Vec<(f32, usize)> = candidates
                 .into_iter()
                 .map(|p| (persons_ro[p].linkage(set, i), p))
-                .filter(|&(s, p)| s >= threshold(i).at(1, persons_ro[p].members.len() as u32))
+                .filter(|&(s, p)| {
+                    let size = persons_ro[p].members.len() as u32;
+                    s >= threshold.at(1, size)
+                        && cohesion.allows(s, cohesion.of(1.0, 1), cohesion.of(norm2[p], size))
+                })
                 .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let best = scored.first()?.0;
