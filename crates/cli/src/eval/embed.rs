@@ -1,6 +1,6 @@
-//! Embedding the dataset: every photo through the core pipeline on a pool of threads, one
-//! `Pipeline` per thread (ONNX Runtime sessions must not run concurrently), each with one
-//! ONNX thread so the pool does not oversubscribe the CPUs. Results go through the cache.
+//! Embedding the dataset: every photo through the core pipeline, one thread per pipeline of a
+//! `facegroup_core::PipelinePool` (sessions must not run concurrently), with the same thread
+//! and model flags as `facegroup run`. Results go through the cache.
 
 use std::fs;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use facegroup_core::{Pipeline, PipelineConfig};
+use facegroup_core::PipelinePool;
 
 use super::cache::{self, Embedded, Photo};
 use super::dataset::{fnv1a, Item};
@@ -26,8 +26,8 @@ pub fn embed_cached(args: &EvalArgs, items: &[Item]) -> Result<Vec<Option<Photo>
     let key = format!(
         "{}|{}+{}|{}",
         dataset.display(),
-        args.detector,
-        args.embedder,
+        args.engine.pipeline.model.detector,
+        args.engine.pipeline.model.embedder,
         items.len()
     );
     let hash = fnv1a(key.as_bytes());
@@ -61,12 +61,9 @@ pub fn embed_cached(args: &EvalArgs, items: &[Item]) -> Result<Vec<Option<Photo>
 }
 
 fn embed_all(args: &EvalArgs, dataset: &Path, items: &[Item]) -> Result<Vec<Option<Photo>>> {
-    let cfg = pipeline_config(args);
-    let threads = if args.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.threads
-    };
+    let cfg = args.engine.to_config();
+    let pool = PipelinePool::new(&cfg.pipeline, cfg.pipelines).context("loading the pipeline")?;
+    let threads = pool.size();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Photo>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     let started = Instant::now();
@@ -74,7 +71,6 @@ fn embed_all(args: &EvalArgs, dataset: &Path, items: &[Item]) -> Result<Vec<Opti
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
-                    let mut pipeline = Pipeline::new(&cfg).context("loading the pipeline")?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= items.len() {
@@ -83,7 +79,7 @@ fn embed_all(args: &EvalArgs, dataset: &Path, items: &[Item]) -> Result<Vec<Opti
                         let path = dataset.join(&items[i].path);
                         let photo = fs::read(&path)
                             .map_err(anyhow::Error::from)
-                            .and_then(|bytes| Ok(pipeline.analyze_bytes(&bytes)?))
+                            .and_then(|bytes| Ok(pool.with(|p| p.analyze_bytes(&bytes))?))
                             .map(|(image, faces)| Photo::new(image.width(), image.height(), faces));
                         let photo = match photo {
                             Ok(p) => Some(p),
@@ -116,12 +112,4 @@ fn embed_all(args: &EvalArgs, dataset: &Path, items: &[Item]) -> Result<Vec<Opti
     results
         .into_inner()
         .map_err(|_| anyhow::anyhow!("embedding results poisoned"))
-}
-
-fn pipeline_config(args: &EvalArgs) -> PipelineConfig {
-    let mut cfg = PipelineConfig::with_models(&args.models_dir, &args.detector, &args.embedder);
-    cfg.runtime.dylib_path = args.ort_dylib.clone();
-    // Parallelism comes from the worker threads; one ONNX thread each avoids oversubscription.
-    cfg.runtime.intra_threads = 1;
-    cfg
 }

@@ -20,6 +20,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::args::EngineArgs;
+
 use dataset::Subset;
 use methods::Faces;
 use report::Report;
@@ -32,19 +34,9 @@ pub struct EvalArgs {
     /// Folder for the embedding cache.
     #[arg(long, default_value = "eval-out")]
     pub out: PathBuf,
-    /// Folder holding the model files.
-    #[arg(long, env = "FACEGROUP_MODELS_DIR", default_value = "models")]
-    pub models_dir: PathBuf,
-    #[arg(long, default_value = "scrfd_500m_bnkps.onnx")]
-    pub detector: String,
-    #[arg(long, default_value = "w600k_mbf.onnx")]
-    pub embedder: String,
-    /// `libonnxruntime.so`; defaults to ORT_DYLIB_PATH.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    pub ort_dylib: Option<PathBuf>,
-    /// Embedding worker threads (each runs its own pipeline); 0 = one per CPU.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Threads, models and runtime, as for `facegroup run` (one pipeline per thread).
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Merge thresholds to try instead of the default (comma-separated): a parameter sweep.
     #[arg(long, value_delimiter = ',')]
     pub merge_thresholds: Vec<f32>,
