@@ -145,12 +145,13 @@ fn shuffled_input_gives_identical_groups() {
     assert_eq!(back, first);
 }
 
-/// Lookalike pairs from the shared dev sets (`../shared/faces`): for each set, the identities
-/// with at least 8 photos whose mean embeddings are closest (w600k_mbf, labelled faces).
-const LOOKALIKES: [(&str, &str, &str); 3] = [
-    ("celeba-dev", "IDENTITY_A", "IDENTITY_B"),
-    ("celeba-dev", "IDENTITY_C", "IDENTITY_D"),
-    ("lfw-dev", "IDENTITY_E", "IDENTITY_F"),
+/// Lookalike pairs from the shared dev sets (`../shared/faces`): the two pairs of celeba-dev
+/// identities with at least 8 photos whose mean embeddings are closest (w600k_mbf, labelled
+/// faces; cosine of the normalised means 0.329 and 0.318, against about 0.1 for a typical pair
+/// of strangers' means there).
+const LOOKALIKES: [(&str, &str, &str); 2] = [
+    ("celeba-dev", "celeba_07365", "celeba_07496"),
+    ("celeba-dev", "celeba_07253", "celeba_07499"),
 ];
 
 #[test]
@@ -207,7 +208,11 @@ fn lookalike_identities_stay_apart() {
         let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
         let mut largest = [0usize; 2];
         for p in &groups.persons {
-            let of_a = p.face_ids.iter().filter(|f| f.starts_with(&format!("{a}/"))).count();
+            let of_a = p
+                .face_ids
+                .iter()
+                .filter(|f| f.starts_with(&format!("{a}/")))
+                .count();
             let of_b = p.face_ids.len() - of_a;
             assert!(
                 of_a == 0 || of_b == 0,

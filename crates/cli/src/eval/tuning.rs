@@ -8,8 +8,9 @@ use facegroup_core::group::GroupConfig;
 use super::report::Row;
 use super::EvalArgs;
 
-/// Pairwise precision a tuned configuration must reach on its tuning fold.
-pub const MIN_PRECISION: f64 = 0.99;
+/// Pairwise precision a tuned configuration must reach on its tuning fold: above the 0.99
+/// target, so the held fold keeps a margin.
+pub const MIN_PRECISION: f64 = 0.995;
 
 /// The configurations to try: the default, or every combination of the listed values.
 pub fn grid(args: &EvalArgs) -> Vec<GroupConfig> {

@@ -13,6 +13,18 @@
 //! threshold, since a mean at or above it needs at least one pair at or above it); the linkage is
 //! never truncated by `k`, so large clusters are not penalised for pairs outside the graph.
 //!
+//! Why a cohesion test on top of the size-aware threshold: the threshold alone lets two large
+//! clusters merge at an average of `floor`, because the average of many pairs of strangers is
+//! near zero; but relatives and lookalikes are not strangers. A 530-photo person and a 12-photo
+//! sibling had a mean cross cosine of 0.29, well above any workable floor, while the person's
+//! own faces average 0.61. Two halves of one person have a cross similarity close to their
+//! internal similarity; two relatives are far below it. [`Cohesion`] turns that into a test that
+//! costs one more number per cluster (`|sum|^2`, updated on merge from the cross dot product
+//! already computed), so the linkage stays one dot product and the speed is unchanged. A merge
+//! needs both: the size-aware threshold (enough evidence that the clusters are alike at all) and
+//! the cohesion ratio (as alike as each is to itself). Verdicts are taken when a pair is pushed,
+//! and every pair of a cluster that changes is pushed again, so they always see current sums.
+//!
 //! Cannot-link: clusters sharing a photo never merge. Clusters only grow, so once two
 //! clusters conflict every later pair containing them conflicts too, and a conflicting
 //! candidate can simply be dropped.
