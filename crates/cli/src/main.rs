@@ -6,7 +6,7 @@
 mod args;
 mod bench;
 mod engine;
-mod eval_groups;
+mod eval;
 mod grouping;
 mod output;
 mod report;
@@ -38,7 +38,7 @@ enum Command {
     /// Measure end-to-end throughput (no output written).
     Bench(bench::BenchArgs),
     /// Evaluate grouping against labelled folders.
-    EvalGroups(eval_groups::EvalArgs),
+    EvalGroups(eval::EvalArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::EvalGroups(args) => eval_groups::run(args),
+        Command::EvalGroups(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,6 +98,7 @@ fn main() {
                     pair: cfg.pair_threshold,
                     floor: cfg.merge_threshold,
                 },
+                cohesion: cfg.cohesion(),
             });
             let cluster_s = t.elapsed().as_secs_f64();
             let peak_mib = peak_rss_mib();

@@ -137,3 +137,89 @@ fn shuffled_input_gives_identical_groups() {
     let back: Groups = serde_json::from_str(&json).expect("deserialise");
     assert_eq!(back, first);
 }
+
+/// Lookalike pairs from the shared dev sets (`../shared/faces`): the two pairs of celeba-dev
+/// identities with at least 8 photos whose mean embeddings are closest (w600k_mbf, labelled
+/// faces; cosine of the normalised means 0.329 and 0.318, against about 0.1 for a typical pair
+/// of strangers' means there).
+const LOOKALIKES: [(&str, &str, &str); 2] = [
+    ("celeba-dev", "celeba_07365", "celeba_07496"),
+    ("celeba-dev", "celeba_07253", "celeba_07499"),
+];
+
+#[test]
+fn lookalike_identities_stay_apart() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/faces");
+    if !shared.is_dir() {
+        eprintln!(
+            "skipped: {} is absent (the shared dev sets sit beside the clone)",
+            shared.display()
+        );
+        return;
+    }
+    let mut pipeline = common::pipeline();
+    for (set, a, b) in LOOKALIKES {
+        let labels = std::fs::read_to_string(shared.join(set).join("labels.csv"))
+            .unwrap_or_else(|e| panic!("{set}/labels.csv: {e}"));
+        let mut faces = Vec::new();
+        for line in labels.lines().skip(1) {
+            let Some((path, identity)) = line.rsplit_once(',') else {
+                continue;
+            };
+            if identity != a && identity != b {
+                continue;
+            }
+            let bytes = std::fs::read(shared.join(set).join(path))
+                .unwrap_or_else(|e| panic!("{set}/{path}: {e}"));
+            let (image, found) = pipeline
+                .analyze_bytes(&bytes)
+                .unwrap_or_else(|e| panic!("{set}/{path}: {e}"));
+            // The labelled face, as `facegroup eval-groups` picks it: nearest the centre among
+            // the faces at least half as tall as the tallest.
+            let tallest = found.iter().map(|f| f.bbox.height()).fold(0.0, f32::max);
+            let (cx, cy) = (image.width() as f32 / 2.0, image.height() as f32 / 2.0);
+            let off = |f: &facegroup_core::Face| {
+                let x = (f.bbox.x1 + f.bbox.x2) / 2.0 - cx;
+                let y = (f.bbox.y1 + f.bbox.y2) / 2.0 - cy;
+                x * x + y * y
+            };
+            let Some(face) = found
+                .into_iter()
+                .filter(|f| f.bbox.height() >= tallest / 2.0)
+                .min_by(|p, q| off(p).total_cmp(&off(q)))
+            else {
+                continue;
+            };
+            faces.push(FaceInput {
+                face_id: format!("{identity}/{path}"),
+                image_id: path.to_owned(),
+                embedding: face.embedding,
+                quality_ok: face.quality.passes(),
+                quality: face.quality.overall,
+            });
+        }
+        let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+        let mut largest = [0usize; 2];
+        for p in &groups.persons {
+            let of_a = p
+                .face_ids
+                .iter()
+                .filter(|f| f.starts_with(&format!("{a}/")))
+                .count();
+            let of_b = p.face_ids.len() - of_a;
+            assert!(
+                of_a == 0 || of_b == 0,
+                "{set}: {a} and {b} merged into {}: {:?}",
+                p.person_id,
+                p.face_ids
+            );
+            largest[0] = largest[0].max(of_a);
+            largest[1] = largest[1].max(of_b);
+        }
+        // Not apart by splitting everyone: each of the two is found as a person.
+        assert!(
+            largest[0] >= 3 && largest[1] >= 3,
+            "{set}: {a} / {b} largest persons {largest:?}: {groups:#?}"
+        );
+    }
+}
