@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod corrections;
 mod engine;
 mod eval_groups;
 mod export;
@@ -40,6 +41,10 @@ enum Command {
     Run(run::RunArgs),
     /// Write the store's faces (jsonl) or persons (json) in the files' shapes.
     Export(export::ExportArgs),
+    /// Correct persons: merge two, or name one.
+    Person(corrections::PersonArgs),
+    /// Correct faces: move one to a person, or take it out of one.
+    Face(corrections::FaceArgs),
     /// Measure end-to-end throughput (no output written).
     Bench(bench::BenchArgs),
     /// Evaluate grouping against labelled folders.
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Export(args) => export::run(args),
+        Command::Person(args) => corrections::person(args),
+        Command::Face(args) => corrections::face(args),
         Command::Bench(args) => bench::run(args),
         Command::EvalGroups(args) => eval_groups::run(args),
     };

@@ -30,18 +30,24 @@ pub fn write(
     info: &RunInfo,
     images: &[StoredImage],
     groups: Option<&Groups>,
+    names: &HashMap<String, String>,
 ) -> Result<()> {
     let path = out_dir.join("report.html");
-    std::fs::write(&path, render(info, images, groups))
+    std::fs::write(&path, render(info, images, groups, names))
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The whole page.
-pub fn render(info: &RunInfo, images: &[StoredImage], groups: Option<&Groups>) -> String {
+pub fn render(
+    info: &RunInfo,
+    images: &[StoredImage],
+    groups: Option<&Groups>,
+    names: &HashMap<String, String>,
+) -> String {
     let mut html = String::with_capacity(16 * 1024);
     html.push_str(HEAD);
     render_summary(&mut html, info, images);
-    render_groups(&mut html, groups, images);
+    render_groups(&mut html, groups, images, names);
     render_images(&mut html, images);
     render_failures(&mut html, images);
     html.push_str("</body>\n</html>\n");
@@ -50,7 +56,12 @@ pub fn render(info: &RunInfo, images: &[StoredImage], groups: Option<&Groups>) -
 
 /// One row of face crops per person, largest first, its representative face first; faces no
 /// person claimed come last.
-fn render_groups(html: &mut String, groups: Option<&Groups>, images: &[StoredImage]) {
+fn render_groups(
+    html: &mut String,
+    groups: Option<&Groups>,
+    images: &[StoredImage],
+    names: &HashMap<String, String>,
+) {
     let Some(groups) = groups else { return };
     let faces: HashMap<&str, &FaceRecord> = images
         .iter()
@@ -65,7 +76,10 @@ fn render_groups(html: &mut String, groups: Option<&Groups>, images: &[StoredIma
     for person in &groups.persons {
         let _ = write!(
             html,
-            "<section class=\"person\">\n<h3>{} <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+            "<section class=\"person\">\n<h3>{}{} <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+            names
+                .get(&person.person_id)
+                .map_or_else(String::new, |n| format!("{} &middot; ", escape(n))),
             escape(&person.person_id),
             person.face_ids.len()
         );

@@ -21,7 +21,7 @@ use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
 use crate::grouping::{self, Change};
 use crate::store::{content_hash, Analysed, FileState, RunRecord, Store};
-use crate::{output, report};
+use crate::{corrections, output, report};
 use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +106,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Some(mode) => {
             let stale: HashSet<String> = plan.analyse.iter().map(|p| p.name.clone()).collect();
             let (groups, used) = grouping::group(&faces, previous, &stale, mode)?;
+            let groups = corrections::apply_all(groups, &store.corrections()?);
             Some((groups, used))
         }
         None => None,
@@ -134,7 +135,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         model_version,
         seconds,
     };
-    report::write(out, &info, &images, groups.as_ref())?;
+    report::write(out, &info, &images, groups.as_ref(), &store.person_names()?)?;
     print_summary(&plan, &images, groups.as_ref(), seconds, out);
     Ok(())
 }

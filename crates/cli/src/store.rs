@@ -8,7 +8,8 @@
 //!   little-endian `f32` blob (2 KB per face instead of ~7 KB of JSON);
 //! - `persons` / `person_faces`: the current grouping, in the order `facegroup_core::group`
 //!   returned it, so it can be handed back as the previous grouping of the next run;
-//! - `runs`: one row per finished run (what was analysed, kept, forgotten, how it was grouped).
+//! - `runs`: one row per finished run (what was analysed, kept, forgotten, how it was grouped);
+//! - `corrections` / `person_names`: the user's merges, moves, not-this-person and names.
 //!
 //! Crash safety comes from transactions: the analysis of a batch of photos (their image rows
 //! and all their faces) is committed at once, and a grouping replaces the persons in one
@@ -313,26 +314,7 @@ impl Store {
     pub fn finish_run(&mut self, run: &RunRecord, groups: Option<&Groups>) -> Result<()> {
         let tx = self.conn.transaction().ctx("starting a transaction")?;
         if let Some(groups) = groups {
-            tx.execute_batch("DELETE FROM person_faces; DELETE FROM persons;")
-                .ctx("clearing persons")?;
-            let mut person = tx
-                .prepare_cached(
-                    "INSERT INTO persons (person_id, rank, representative) VALUES (?1, ?2, ?3)",
-                )
-                .ctx("writing persons")?;
-            let mut member = tx
-                .prepare_cached("INSERT INTO person_faces (face_id, person_id) VALUES (?1, ?2)")
-                .ctx("writing person faces")?;
-            for (rank, p) in groups.persons.iter().enumerate() {
-                person
-                    .execute(params![p.person_id, rank as i64, p.representative])
-                    .ctx("writing persons")?;
-                for face in &p.face_ids {
-                    member
-                        .execute(params![face, p.person_id])
-                        .ctx("writing person faces")?;
-                }
-            }
+            replace_groups(&tx, groups)?;
         }
         tx.execute(
             "INSERT INTO runs (finished_ms, analysed, unchanged, removed, group_mode) \
@@ -348,6 +330,131 @@ impl Store {
         .ctx("recording the run")?;
         tx.commit().ctx("committing the run")
     }
+}
+
+impl Store {
+    /// Records a correction and replaces the grouping by `groups` (the stored one with the
+    /// correction applied), in one transaction.
+    pub fn correct(&mut self, correction: &Correction, groups: &Groups) -> Result<()> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        let (kind, subject, target) = correction.columns();
+        tx.execute(
+            "INSERT INTO corrections (kind, subject, target) VALUES (?1, ?2, ?3)",
+            params![kind, subject, target],
+        )
+        .ctx("recording a correction")?;
+        replace_groups(&tx, groups)?;
+        tx.commit().ctx("committing a correction")
+    }
+
+    /// Every recorded correction, oldest first.
+    pub fn corrections(&self) -> Result<Vec<Correction>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, subject, target FROM corrections ORDER BY id")
+            .ctx("reading corrections")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .ctx("reading corrections")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, subject, target) = row.ctx("reading corrections")?;
+            out.push(match kind.as_str() {
+                "merge" => Correction::Merge {
+                    into: subject,
+                    from: target,
+                },
+                "move" => Correction::Move {
+                    face: subject,
+                    to: target,
+                },
+                "not" => Correction::Not {
+                    face: subject,
+                    person: target,
+                },
+                other => {
+                    return Err(StoreError::Corrupt {
+                        what: "correction",
+                        detail: format!("unknown kind {other:?}"),
+                    })
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Names a person (names are kept by person id, so they survive regrouping).
+    pub fn name_person(&mut self, person: &str, name: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO person_names (person_id, name) VALUES (?1, ?2) \
+                 ON CONFLICT(person_id) DO UPDATE SET name = excluded.name",
+                params![person, name],
+            )
+            .ctx("naming a person")?;
+        Ok(())
+    }
+
+    /// person id -> name.
+    pub fn person_names(&self) -> Result<HashMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT person_id, name FROM person_names")
+            .ctx("reading names")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("reading names")?;
+        rows.collect::<rusqlite::Result<_>>().ctx("reading names")
+    }
+}
+
+/// A user's correction of the grouping (see [`crate::corrections`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Correction {
+    /// Person `from` is the same as person `into`.
+    Merge { into: String, from: String },
+    /// Face `face` belongs to person `to`.
+    Move { face: String, to: String },
+    /// Face `face` is not person `person`.
+    Not { face: String, person: String },
+}
+
+impl Correction {
+    fn columns(&self) -> (&'static str, &str, &str) {
+        match self {
+            Correction::Merge { into, from } => ("merge", into, from),
+            Correction::Move { face, to } => ("move", face, to),
+            Correction::Not { face, person } => ("not", face, person),
+        }
+    }
+}
+
+fn replace_groups(tx: &Transaction<'_>, groups: &Groups) -> Result<()> {
+    tx.execute_batch("DELETE FROM person_faces; DELETE FROM persons;")
+        .ctx("clearing persons")?;
+    let mut person = tx
+        .prepare_cached("INSERT INTO persons (person_id, rank, representative) VALUES (?1, ?2, ?3)")
+        .ctx("writing persons")?;
+    let mut member = tx
+        .prepare_cached("INSERT INTO person_faces (face_id, person_id) VALUES (?1, ?2)")
+        .ctx("writing person faces")?;
+    for (rank, p) in groups.persons.iter().enumerate() {
+        person
+            .execute(params![p.person_id, rank as i64, p.representative])
+            .ctx("writing persons")?;
+        for face in &p.face_ids {
+            member
+                .execute(params![face, p.person_id])
+                .ctx("writing person faces")?;
+        }
+    }
+    Ok(())
 }
 
 /// A finished run as recorded in `runs`.
@@ -410,6 +517,16 @@ CREATE TABLE runs (
     unchanged INTEGER NOT NULL,
     removed INTEGER NOT NULL,
     group_mode TEXT
+);
+CREATE TABLE corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('merge', 'move', 'not')),
+    subject TEXT NOT NULL,
+    target TEXT NOT NULL
+);
+CREATE TABLE person_names (
+    person_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL
 );
 ";
 

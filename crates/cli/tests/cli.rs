@@ -268,6 +268,73 @@ fn export_writes_the_files_shapes_from_the_store() {
 }
 
 #[test]
+fn corrections_are_stored_and_honoured_by_later_runs() {
+    let photos = TempDir::new("fix-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, &photos.0);
+    }
+    let out = TempDir::new("fix-out");
+    run_ok(&photos.0, &out.0, &[]);
+    let groups = || -> serde_json::Value {
+        let text = std::fs::read_to_string(out.0.join("groups.json")).expect("groups.json");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let person = groups()["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person")
+        .to_string();
+    let fix = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+            .args(args)
+            .args(["--out", path_str(&out.0)])
+            .output()
+            .expect("start facegroup");
+        assert_success(&output);
+    };
+    let biden = "biden.jpg:scrfd_500m_bnkps+w600k_mbf:0";
+    let obama3 = "obama3.jpg:scrfd_500m_bnkps+w600k_mbf:0";
+    fix(&["face", "move", biden, "--to", &person]);
+    fix(&["face", "not", obama3, "--person", &person]);
+    fix(&["person", "name", &person, "Barack"]);
+
+    // A full regroup puts the faces back as the clustering sees them; the corrections win.
+    let stdout = run_ok(&photos.0, &out.0, &["--group-mode", "full"]);
+    assert!(stdout.contains("1 persons"), "{stdout}");
+    let g = groups();
+    let faces: Vec<&str> = g["persons"][0]["face_ids"]
+        .as_array()
+        .expect("face_ids")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert_eq!(g["persons"][0]["person_id"], person.as_str());
+    assert!(
+        faces.contains(&biden) && !faces.contains(&obama3),
+        "{faces:?}"
+    );
+    assert_eq!(g["unassigned"], serde_json::json!([obama3]));
+    let report = std::fs::read_to_string(out.0.join("report.html")).expect("report");
+    assert!(
+        report.contains("Barack &middot; "),
+        "name shown in the report"
+    );
+
+    // Unknown persons are refused, not recorded.
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "merge",
+            &person,
+            "person-99",
+            "--out",
+            path_str(&out.0),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert!(!output.status.success());
+}
+
+#[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
     copy_test_image("obama.jpg", &photos.0);
