@@ -1,78 +1,151 @@
-//! Grouping step of `facegroup run`: all analysed faces -> persons, written to `groups.json`.
+//! Grouping step of `facegroup run`: the stored faces -> persons, against the stored grouping of
+//! the previous run so persons keep their ids.
 //!
-//! Re-running into the same output folder reads the previous `groups.json` first, so persons
-//! keep their ids when photos are added (`--group-mode full` re-clusters everything and matches
-//! the new clusters to the old persons by shared faces; `incremental` only files the new faces
-//! under the existing persons; `facegroup_core::regroup` decides, as in the grouping worker).
+//! `--group-mode full` re-clusters everything and matches the new clusters to the old persons
+//! by shared faces; `incremental` only files the new faces under the existing persons
+//! (`facegroup_core::regroup` decides, as in the grouping worker). Without a flag the run picks:
+//! nothing changed -> the grouping is kept as it is; a first run or a large change -> full; a
+//! small change (at most [`INCREMENTAL_SHARE`] of the photos) -> incremental.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use facegroup_core::group::{regroup, FaceInput, GroupConfig, GroupMode, Groups};
 use facegroup_core::FaceRecord;
 
-use crate::engine::ImageResult;
+/// The largest share of changed photos that is still grouped incrementally by default.
+pub const INCREMENTAL_SHARE: f64 = 0.1;
 
-/// Name of the grouping result in the output folder.
-pub const GROUPS_FILE: &str = "groups.json";
+/// What changed since the stored grouping.
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    /// Photos analysed this run (new or changed).
+    pub analysed: usize,
+    /// Photos forgotten this run.
+    pub removed: usize,
+    /// Photos in the store after this run.
+    pub total: usize,
+}
 
-/// Groups the faces of `results` (named `names`), using `out_dir/groups.json` of an earlier
-/// run as the previous grouping, and writes the new one there.
-pub fn group_and_write(
-    out_dir: &Path,
-    model_version: &str,
-    names: &[String],
-    results: &[ImageResult],
+/// The mode to group in, or `None` to keep the stored grouping unchanged.
+pub fn choose_mode(
+    requested: Option<GroupMode>,
+    has_previous: bool,
+    change: Change,
+) -> Option<GroupMode> {
+    if let Some(mode) = requested {
+        return Some(mode.effective(has_previous));
+    }
+    if !has_previous {
+        return Some(GroupMode::Full);
+    }
+    let changed = change.analysed + change.removed;
+    if changed == 0 {
+        return None;
+    }
+    let share = changed as f64 / change.total.max(1) as f64;
+    Some(if share <= INCREMENTAL_SHARE {
+        GroupMode::Incremental
+    } else {
+        GroupMode::Full
+    })
+}
+
+/// Groups `faces` in `mode`. `previous` is the stored grouping; faces of the photos in `stale`
+/// (re-analysed this run) and faces no longer stored are taken out of it first, so they are
+/// grouped afresh instead of keeping the person of a face that no longer exists.
+pub fn group(
+    faces: &[FaceRecord],
+    previous: Option<Groups>,
+    stale: &HashSet<String>,
     mode: GroupMode,
-) -> Result<Groups> {
-    let faces = face_inputs(model_version, names, results);
-    let path = out_dir.join(GROUPS_FILE);
-    let previous = read_previous(&path)?;
-    let (groups, _) = regroup(&faces, &GroupConfig::default(), mode, previous.as_ref())
-        .context("grouping faces")?;
-    let json = serde_json::to_vec_pretty(&groups).context("serialising groups")?;
-    std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(groups)
-}
-
-/// face id -> person id, for the face records.
-pub fn person_of(groups: Option<&Groups>) -> HashMap<String, String> {
-    groups
-        .map(|g| {
-            g.persons
-                .iter()
-                .flat_map(|p| p.face_ids.iter().map(|f| (f.clone(), p.person_id.clone())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn face_inputs(model_version: &str, names: &[String], results: &[ImageResult]) -> Vec<FaceInput> {
-    names
+) -> Result<(Groups, GroupMode)> {
+    let inputs: Vec<FaceInput> = faces.iter().map(FaceRecord::group_input).collect();
+    let keep: HashSet<&str> = faces
         .iter()
-        .zip(results)
-        .filter_map(|(name, r)| r.outcome.as_ref().ok().map(|a| (name, a)))
-        .flat_map(|(name, analyzed)| {
-            analyzed
-                .faces
-                .iter()
-                .map(move |face| FaceRecord::new(name, model_version, face).group_input())
-        })
-        .collect()
+        .filter(|f| !stale.contains(&f.image_id))
+        .map(|f| f.face_id.as_str())
+        .collect();
+    let previous = previous.map(|p| prune(p, &keep));
+    regroup(&inputs, &GroupConfig::default(), mode, previous.as_ref()).context("grouping faces")
 }
 
-/// The previous run's groups; a missing file means a first run, an unreadable one is an error
-/// rather than a silent loss of every person id.
-fn read_previous(path: &Path) -> Result<Option<Groups>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
-            format!(
-                "{} is not a groups file (delete it to start over)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+/// `groups` restricted to the faces in `keep`; persons left without faces are dropped, and one
+/// that lost its representative shows its first remaining face.
+fn prune(mut groups: Groups, keep: &HashSet<&str>) -> Groups {
+    groups.unassigned.retain(|f| keep.contains(f.as_str()));
+    for person in &mut groups.persons {
+        person.face_ids.retain(|f| keep.contains(f.as_str()));
+        if !keep.contains(person.representative.as_str()) {
+            if let Some(first) = person.face_ids.first() {
+                person.representative = first.clone();
+            }
+        }
+    }
+    groups.persons.retain(|p| !p.face_ids.is_empty());
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facegroup_core::group::Person;
+
+    fn change(analysed: usize, removed: usize, total: usize) -> Change {
+        Change {
+            analysed,
+            removed,
+            total,
+        }
+    }
+
+    #[test]
+    fn mode_follows_the_size_of_the_change() {
+        assert_eq!(
+            choose_mode(None, false, change(5, 0, 5)),
+            Some(GroupMode::Full)
+        );
+        assert_eq!(choose_mode(None, true, change(0, 0, 100)), None);
+        assert_eq!(
+            choose_mode(None, true, change(5, 5, 100)),
+            Some(GroupMode::Incremental)
+        );
+        assert_eq!(
+            choose_mode(None, true, change(11, 0, 100)),
+            Some(GroupMode::Full)
+        );
+        assert_eq!(
+            choose_mode(Some(GroupMode::Full), true, change(0, 0, 100)),
+            Some(GroupMode::Full)
+        );
+        assert_eq!(
+            choose_mode(Some(GroupMode::Incremental), false, change(1, 0, 1)),
+            Some(GroupMode::Full)
+        );
+    }
+
+    #[test]
+    fn prune_drops_gone_faces_and_empty_persons() {
+        let groups = Groups {
+            persons: vec![
+                Person {
+                    person_id: "person-1".into(),
+                    face_ids: vec!["a".into(), "b".into()],
+                    representative: "a".into(),
+                },
+                Person {
+                    person_id: "person-2".into(),
+                    face_ids: vec!["c".into()],
+                    representative: "c".into(),
+                },
+            ],
+            unassigned: vec!["d".into(), "e".into()],
+        };
+        let keep: HashSet<&str> = ["b", "e"].into_iter().collect();
+        let pruned = prune(groups, &keep);
+        assert_eq!(pruned.persons.len(), 1);
+        assert_eq!(pruned.persons[0].face_ids, ["b"]);
+        assert_eq!(pruned.persons[0].representative, "b");
+        assert_eq!(pruned.unassigned, ["e"]);
     }
 }

@@ -1,16 +1,20 @@
 //! `facegroup`: runs the face pipeline over a folder of photos on this machine, no cloud.
 //!
 //! `main` only parses the command line, installs logging and hands over to the command modules;
-//! the work lives in [`engine`] (file walking, worker pool), [`output`] and [`report`].
+//! the work lives in [`engine`] (file walking, worker pool), [`store`] (the library database),
+//! [`output`] and [`report`].
 
 mod args;
 mod bench;
+mod corrections;
 mod engine;
 mod eval;
+mod export;
 mod grouping;
 mod output;
 mod report;
 mod run;
+mod store;
 
 use std::process::ExitCode;
 
@@ -35,6 +39,12 @@ struct Cli {
 enum Command {
     /// Analyse every photo under a folder and write faces, crops and an HTML report.
     Run(run::RunArgs),
+    /// Write the store's faces (jsonl) or persons (json) in the files' shapes.
+    Export(export::ExportArgs),
+    /// Correct persons: merge two, or name one.
+    Person(corrections::PersonArgs),
+    /// Correct faces: move one to a person, or take it out of one.
+    Face(corrections::FaceArgs),
     /// Measure end-to-end throughput (no output written).
     Bench(bench::BenchArgs),
     /// Evaluate grouping against labelled folders.
@@ -52,6 +62,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Person(args) => corrections::person(args),
+        Command::Face(args) => corrections::face(args),
         Command::Bench(args) => bench::run(args),
         Command::EvalGroups(args) => eval::run(args),
     };

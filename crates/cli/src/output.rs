@@ -1,22 +1,30 @@
-//! The files `facegroup run` writes into its output folder:
+//! The files `facegroup run` writes next to its store (`facegroup.db`, see [`crate::store`]),
+//! and that `facegroup export` writes on request. They are exports of the store, in the shapes
+//! earlier versions wrote as their only output, so scripts reading them keep working:
 //!
 //! - `faces.jsonl`: one `facegroup_core::FaceRecord` per face (box, keypoints, score, quality,
 //!   embedding) with its crop and person;
 //! - `images.jsonl`: one record per image, `"status": "ok"` or `"failed"` with the error;
 //! - `crops/<image path>.<face index>.jpg`: each face's aligned crop.
 //!
-//! Records follow the sorted image order, so two runs over the same folder give identical files.
+//! Records follow the sorted image order, so two stores of the same folder give identical files.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use facegroup_core::group::Groups;
 use facegroup_core::{Face, FaceRecord};
 use serde::Serialize;
 
-use crate::engine::ImageResult;
+use crate::store::StoredImage;
+
+/// The exports' file names in the output folder.
+pub const FACES_FILE: &str = "faces.jsonl";
+pub const IMAGES_FILE: &str = "images.jsonl";
+pub const GROUPS_FILE: &str = "groups.json";
 
 /// Folder under the output folder holding the face crops.
 pub const CROPS_DIR: &str = "crops";
@@ -42,71 +50,105 @@ pub fn write_crops(out_dir: &Path, image: &str, faces: &[Face]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `faces.jsonl` and `images.jsonl`; `names[i]` is the relative name of `results[i]`.
-/// `persons` maps face ids to person ids (empty when grouping is off).
-pub fn write_records(
+/// Writes the exports of the library into `out_dir`: `faces.jsonl`, `images.jsonl` and, when
+/// there is a grouping, `groups.json`.
+pub fn write_exports(
     out_dir: &Path,
-    model_version: &str,
-    names: &[String],
-    results: &[ImageResult],
+    images: &[StoredImage],
+    groups: Option<&Groups>,
+) -> Result<()> {
+    let persons = person_of(groups);
+    write_file(&out_dir.join(FACES_FILE), |w| {
+        write_faces(w, images, &persons)
+    })?;
+    write_file(&out_dir.join(IMAGES_FILE), |w| write_images(w, images))?;
+    if let Some(groups) = groups {
+        write_file(&out_dir.join(GROUPS_FILE), |w| write_groups(w, groups))?;
+    }
+    Ok(())
+}
+
+/// `faces.jsonl`: one line per face, in image then index order.
+pub fn write_faces(
+    w: &mut dyn Write,
+    images: &[StoredImage],
     persons: &HashMap<String, String>,
 ) -> Result<()> {
-    let mut faces = JsonLines::create(out_dir.join("faces.jsonl"))?;
-    let mut images = JsonLines::create(out_dir.join("images.jsonl"))?;
-    for (name, result) in names.iter().zip(results) {
-        match &result.outcome {
-            Ok(analyzed) => {
-                for face in &analyzed.faces {
-                    faces.write(&FaceLine::new(name, model_version, face, persons))?;
-                }
-                images.write(&ImageRecord {
-                    image: name,
-                    width: Some(analyzed.width),
-                    height: Some(analyzed.height),
-                    faces: analyzed.faces.len(),
-                    status: "ok",
-                    error: None,
-                })?;
-            }
-            Err(error) => images.write(&ImageRecord {
-                image: name,
-                width: None,
-                height: None,
-                faces: 0,
-                status: "failed",
-                error: Some(error),
-            })?,
+    for face in images.iter().flat_map(|i| &i.faces) {
+        write_line(
+            w,
+            &FaceLine {
+                person_id: persons.get(&face.face_id).map(String::as_str),
+                crop: crop_path(&face.image_id, face.index as usize),
+                record: face,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `images.jsonl`: one line per image, `"status": "ok"` or `"failed"` with the error.
+pub fn write_images(w: &mut dyn Write, images: &[StoredImage]) -> Result<()> {
+    for image in images {
+        write_line(
+            w,
+            &ImageRecord {
+                image: &image.name,
+                width: image.width,
+                height: image.height,
+                faces: image.faces.len(),
+                status: if image.error.is_some() {
+                    "failed"
+                } else {
+                    "ok"
+                },
+                error: image.error.as_deref(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `groups.json`: `facegroup_core::group::Groups`, pretty-printed.
+pub fn write_groups(w: &mut dyn Write, groups: &Groups) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *w, groups)?;
+    Ok(())
+}
+
+/// face id -> person id.
+pub fn person_of(groups: Option<&Groups>) -> HashMap<String, String> {
+    groups
+        .map(|g| {
+            g.persons
+                .iter()
+                .flat_map(|p| p.face_ids.iter().map(|f| (f.clone(), p.person_id.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the crops of an image (faces are numbered from 0 without gaps).
+pub fn remove_crops(out_dir: &Path, image: &str) -> Result<()> {
+    for index in 0.. {
+        let path = out_dir.join(crop_path(image, index));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
     }
-    faces.finish()?;
-    images.finish()
+    Ok(())
 }
 
 /// A line of `faces.jsonl`: the stored face record plus where its crop is and its person.
 #[derive(Serialize)]
 struct FaceLine<'a> {
     #[serde(flatten)]
-    record: FaceRecord,
+    record: &'a FaceRecord,
     /// The crop's path relative to the output folder.
     crop: String,
     /// The person the face was grouped into; null when unassigned or not grouped.
     person_id: Option<&'a str>,
-}
-
-impl<'a> FaceLine<'a> {
-    fn new(
-        image: &str,
-        model_version: &str,
-        face: &Face,
-        persons: &'a HashMap<String, String>,
-    ) -> Self {
-        let record = FaceRecord::new(image, model_version, face);
-        Self {
-            person_id: persons.get(&record.face_id).map(String::as_str),
-            crop: crop_path(image, face.index),
-            record,
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -119,32 +161,17 @@ struct ImageRecord<'a> {
     error: Option<&'a str>,
 }
 
-/// A buffered JSON Lines file that names itself in every error.
-struct JsonLines {
-    path: PathBuf,
-    out: BufWriter<File>,
+fn write_line(w: &mut dyn Write, record: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *w, record)?;
+    w.write_all(b"\n")?;
+    Ok(())
 }
 
-impl JsonLines {
-    fn create(path: PathBuf) -> Result<Self> {
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self {
-            path,
-            out: BufWriter::new(file),
-        })
-    }
-
-    fn write(&mut self, record: &impl Serialize) -> Result<()> {
-        serde_json::to_writer(&mut self.out, record)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(self.out.write_all(b"\n")?))
-            .with_context(|| format!("cannot write {}", self.path.display()))
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.out
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))
-    }
+/// Writes `path` through a buffer, naming it in any error.
+pub fn write_file(path: &Path, body: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    body(&mut out)
+        .and_then(|()| Ok(out.flush()?))
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use std::collections::HashMap;
 
 use facegroup_core::group::Groups;
-use facegroup_core::{face_id, Face};
+use facegroup_core::FaceRecord;
 
-use crate::engine::ImageResult;
 use crate::output::crop_path;
+use crate::store::StoredImage;
 
 /// Facts about the run shown in the page header.
 #[derive(Debug, Clone)]
@@ -24,32 +24,32 @@ pub struct RunInfo {
     pub seconds: f64,
 }
 
-/// Writes `report.html` into `out_dir`; `names[i]` is the relative name of `results[i]`.
+/// Writes `report.html` into `out_dir` from the stored images and grouping.
 pub fn write(
     out_dir: &Path,
     info: &RunInfo,
-    names: &[String],
-    results: &[ImageResult],
+    images: &[StoredImage],
     groups: Option<&Groups>,
+    names: &HashMap<String, String>,
 ) -> Result<()> {
     let path = out_dir.join("report.html");
-    std::fs::write(&path, render(info, names, results, groups))
+    std::fs::write(&path, render(info, images, groups, names))
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The whole page.
 pub fn render(
     info: &RunInfo,
-    names: &[String],
-    results: &[ImageResult],
+    images: &[StoredImage],
     groups: Option<&Groups>,
+    names: &HashMap<String, String>,
 ) -> String {
     let mut html = String::with_capacity(16 * 1024);
     html.push_str(HEAD);
-    render_summary(&mut html, info, results);
-    render_groups(&mut html, &info.model_version, groups, names, results);
-    render_images(&mut html, &info.model_version, names, results);
-    render_failures(&mut html, names, results);
+    render_summary(&mut html, info, images);
+    render_groups(&mut html, groups, images, names);
+    render_images(&mut html, images);
+    render_failures(&mut html, images);
     html.push_str("</body>\n</html>\n");
     html
 }
@@ -58,21 +58,15 @@ pub fn render(
 /// person claimed come last.
 fn render_groups(
     html: &mut String,
-    model_version: &str,
     groups: Option<&Groups>,
-    names: &[String],
-    results: &[ImageResult],
+    images: &[StoredImage],
+    names: &HashMap<String, String>,
 ) {
     let Some(groups) = groups else { return };
-    let faces: HashMap<String, (&str, &Face)> = names
+    let faces: HashMap<&str, &FaceRecord> = images
         .iter()
-        .zip(results)
-        .filter_map(|(name, r)| r.outcome.as_ref().ok().map(|a| (name, a)))
-        .flat_map(|(name, a)| {
-            a.faces
-                .iter()
-                .map(move |f| (face_id(name, model_version, f.index), (name.as_str(), f)))
-        })
+        .flat_map(|i| &i.faces)
+        .map(|f| (f.face_id.as_str(), f))
         .collect();
     let _ = writeln!(
         html,
@@ -82,7 +76,10 @@ fn render_groups(
     for person in &groups.persons {
         let _ = write!(
             html,
-            "<section class=\"person\">\n<h3>{} <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+            "<section class=\"person\">\n<h3>{}{} <span class=\"meta\">{} face(s)</span></h3>\n<div class=\"faces\">\n",
+            names
+                .get(&person.person_id)
+                .map_or_else(String::new, |n| format!("{} &middot; ", escape(n))),
             escape(&person.person_id),
             person.face_ids.len()
         );
@@ -93,9 +90,8 @@ fn render_groups(
                 .filter(|f| **f != person.representative),
         );
         for id in ordered {
-            // Faces of an earlier run in the same folder may no longer be in this one.
-            if let Some((image, face)) = faces.get(id) {
-                render_face(html, model_version, image, face);
+            if let Some(face) = faces.get(id.as_str()) {
+                render_face(html, face);
             }
         }
         html.push_str("</div>\n</section>\n");
@@ -106,8 +102,8 @@ fn render_groups(
         groups.unassigned.len()
     );
     for id in &groups.unassigned {
-        if let Some((image, face)) = faces.get(id) {
-            render_face(html, model_version, image, face);
+        if let Some(face) = faces.get(id.as_str()) {
+            render_face(html, face);
         }
     }
     html.push_str("</div>\n</section>\n");
@@ -115,58 +111,50 @@ fn render_groups(
 
 // `write!` into a `String` cannot fail, so its results are ignored throughout.
 
-fn render_summary(html: &mut String, info: &RunInfo, results: &[ImageResult]) {
-    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
-    let faces: usize = results
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().ok())
-        .map(|a| a.faces.len())
-        .sum();
+fn render_summary(html: &mut String, info: &RunInfo, images: &[StoredImage]) {
+    let failed = images.iter().filter(|i| i.error.is_some()).count();
+    let faces: usize = images.iter().map(|i| i.faces.len()).sum();
     let _ = write!(
         html,
         "<header>\n<h1>facegroup report</h1>\n<dl>\
          <dt>Images</dt><dd>{} ({} ok, {} failed)</dd>\
          <dt>Faces</dt><dd>{}</dd>\
-         <dt>Models</dt><dd>{} + {}</dd>\
+         <dt>Models</dt><dd>{} + {} ({})</dd>\
          <dt>Run</dt><dd>{} UTC, {:.1} s</dd></dl>\n</header>\n",
-        results.len(),
-        results.len() - failed,
+        images.len(),
+        images.len() - failed,
         failed,
         faces,
         escape(&info.detector),
         escape(&info.embedder),
+        escape(&info.model_version),
         utc_now(),
         info.seconds,
     );
 }
 
-fn render_images(
-    html: &mut String,
-    model_version: &str,
-    names: &[String],
-    results: &[ImageResult],
-) {
+fn render_images(html: &mut String, images: &[StoredImage]) {
     html.push_str("<h2>Images</h2>\n");
-    for (name, result) in names.iter().zip(results) {
-        let Ok(analyzed) = &result.outcome else {
+    for image in images {
+        let (Some(width), Some(height), None) = (image.width, image.height, &image.error) else {
             continue;
         };
         let _ = write!(
             html,
             "<section>\n<h3>{}</h3>\n<p class=\"meta\">{}&times;{} px, {} face(s)</p>\n<div class=\"faces\">\n",
-            escape(name),
-            analyzed.width,
-            analyzed.height,
-            analyzed.faces.len(),
+            escape(&image.name),
+            width,
+            height,
+            image.faces.len(),
         );
-        for face in &analyzed.faces {
-            render_face(html, model_version, name, face);
+        for face in &image.faces {
+            render_face(html, face);
         }
         html.push_str("</div>\n</section>\n");
     }
 }
 
-fn render_face(html: &mut String, model_version: &str, image: &str, face: &Face) {
+fn render_face(html: &mut String, face: &FaceRecord) {
     let q = &face.quality;
     let (class, verdict) = if q.passes() {
         ("face", "good".to_string())
@@ -185,16 +173,15 @@ fn render_face(html: &mut String, model_version: &str, image: &str, face: &Face)
         q.yaw,
         q.pitch,
         escape(&verdict),
-        id = escape(&face_id(image, model_version, face.index)),
-        src = escape(&url_path(&crop_path(image, face.index))),
+        id = escape(&face.face_id),
+        src = escape(&url_path(&crop_path(&face.image_id, face.index as usize))),
     );
 }
 
-fn render_failures(html: &mut String, names: &[String], results: &[ImageResult]) {
-    let failures: Vec<(&String, &String)> = names
+fn render_failures(html: &mut String, images: &[StoredImage]) {
+    let failures: Vec<(&String, &String)> = images
         .iter()
-        .zip(results)
-        .filter_map(|(name, r)| r.outcome.as_ref().err().map(|e| (name, e)))
+        .filter_map(|i| i.error.as_ref().map(|e| (&i.name, e)))
         .collect();
     let _ = writeln!(
         html,

@@ -1,41 +1,65 @@
-//! `facegroup run PHOTOS_DIR --out OUT_DIR`: analyse a photo folder and write faces, crops and
-//! the HTML report.
+//! `facegroup run PHOTOS_DIR --out OUT_DIR`: bring the library store of a photo folder up to
+//! date, then regroup and write the exports and the HTML report.
+//!
+//! A run compares the folder with the store ([`crate::store`]): photos whose path, size and
+//! mtime match are kept; on a size or mtime mismatch the content hash decides (a touched but
+//! identical file is not analysed again); new and changed photos are analysed in batches, each
+//! batch committed in one transaction; photos gone from the folder are forgotten with their
+//! faces and crops. Only then does grouping run ([`crate::grouping`]), so a run killed during
+//! analysis leaves the previous grouping and the committed batches, and the next run carries on.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
-use crate::grouping;
-use crate::{output, report};
+use crate::grouping::{self, Change};
+use crate::store::{content_hash, Analysed, FileState, RunRecord, Store};
+use crate::{corrections, output, report};
 use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Folder of photos, searched recursively for .jpg, .jpeg, .png and .webp files.
     pub photos_dir: PathBuf,
-    /// Output folder (created if missing; existing files are overwritten).
+    /// Output folder: the store facegroup.db, crops, exports and report (created if missing).
     #[arg(long, short, env = "FACEGROUP_OUT")]
     pub out: PathBuf,
-    /// Grouping of faces into persons (written to groups.json).
-    #[arg(long, env = "FACEGROUP_GROUP_MODE", value_enum, default_value_t = GroupMode::Full)]
-    pub group_mode: GroupMode,
+    /// Grouping of faces into persons [default: keep the grouping when nothing changed,
+    /// incremental when at most 10% of the photos changed, full otherwise].
+    #[arg(long, env = "FACEGROUP_GROUP_MODE", value_enum)]
+    pub group_mode: Option<GroupMode>,
     /// Do not group faces into persons.
     #[arg(long, env = "FACEGROUP_NO_GROUP")]
     pub no_group: bool,
+    /// Do not write faces.jsonl, images.jsonl and groups.json (`facegroup export` writes them
+    /// from the store at any time).
+    #[arg(long, env = "FACEGROUP_NO_EXPORT")]
+    pub no_export: bool,
+    /// Photos analysed per committed batch: a killed run loses at most one batch of work.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
+/// Test-only: after this many committed batches the run reports it on stderr and waits to be
+/// killed, so tests can SIGKILL it at a known point.
+const STOP_AFTER_BATCHES_ENV: &str = "FACEGROUP_TEST_STOP_AFTER_BATCHES";
+
 pub fn run(args: &RunArgs) -> Result<()> {
+    let start = Instant::now();
     let cfg = args.engine.to_config();
-    // Models first: a missing model or runtime should fail before any output is created.
-    let engine = Engine::new(&cfg)?;
+    let model_version = facegroup_core::model_version(
+        &cfg.pipeline.detector.model_path,
+        &cfg.pipeline.embedder.model_path,
+    );
     let paths = find_images(&args.photos_dir)?;
     if paths.is_empty() {
         tracing::warn!(dir = %args.photos_dir.display(), "no .jpg/.jpeg/.png/.webp files found");
@@ -43,49 +67,243 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out.join(output::CROPS_DIR))
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let mut store = Store::open(out)?;
+    let plan = plan(&args.photos_dir, &paths, &store, &model_version)?;
 
-    let start = Instant::now();
-    let progress = progress_bar(paths.len());
-    let crop_error = Mutex::new(None);
-    let results = engine.analyze(&paths, |_, result| {
-        let name = relative_name(&args.photos_dir, &result.path);
-        write_crops_and_drop(out, &name, result, &crop_error);
-        progress.inc(1);
-    })?;
-    progress.finish_and_clear();
-    if let Some(e) = crop_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    for name in &plan.removed {
+        output::remove_crops(out, name)?;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    store.forget(&plan.removed)?;
+    store.touch(&plan.touched)?;
+    let analysed = plan.analyse.len();
+    if analysed > 0 {
+        // Models only when there is work: an unchanged re-run needs none.
+        let engine = Engine::new(&cfg)?;
+        // The plan compared stored versions with the one named by the flags; the pool must
+        // record faces under that same version.
+        anyhow::ensure!(
+            engine.model_version() == model_version,
+            "models report version {}, expected {model_version}",
+            engine.model_version()
+        );
+        analyse(args, &engine, &mut store, &plan.analyse, &model_version)?;
+        log_stage_times(&engine);
+    }
 
-    let names: Vec<String> = results
-        .iter()
-        .map(|r| relative_name(&args.photos_dir, &r.path))
-        .collect();
-    let model_version = engine.model_version();
-    let groups = if args.no_group {
+    let faces = store.faces()?;
+    let previous = store.groups()?;
+    let change = Change {
+        analysed,
+        removed: plan.removed.len(),
+        total: paths.len(),
+    };
+    let mode = if args.no_group {
         None
     } else {
-        Some(grouping::group_and_write(
-            out,
-            model_version,
-            &names,
-            &results,
-            args.group_mode,
-        )?)
+        grouping::choose_mode(args.group_mode, previous.is_some(), change)
     };
-    let persons = grouping::person_of(groups.as_ref());
-    output::write_records(out, model_version, &names, &results, &persons)?;
+    let groups = match mode {
+        Some(mode) => {
+            let stale: HashSet<String> = plan.analyse.iter().map(|p| p.name.clone()).collect();
+            let (groups, used) = grouping::group(&faces, previous, &stale, mode)?;
+            let groups = corrections::apply_all(groups, &store.corrections()?);
+            Some((groups, used))
+        }
+        None => None,
+    };
+    store.finish_run(
+        &RunRecord {
+            finished_ms: now_ms(),
+            analysed,
+            unchanged: plan.unchanged,
+            removed: plan.removed.len(),
+            group_mode: groups.as_ref().map(|(_, m)| m.as_str()),
+        },
+        groups.as_ref().map(|(g, _)| g),
+    )?;
+    drop(faces);
+
+    let images = store.images()?;
+    let groups = if args.no_group { None } else { store.groups()? };
+    if !args.no_export {
+        output::write_exports(out, &images, groups.as_ref())?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
     let info = report::RunInfo {
         detector: file_name(&cfg.pipeline.detector.model_path),
         embedder: file_name(&cfg.pipeline.embedder.model_path),
-        model_version: model_version.to_string(),
+        model_version,
         seconds,
     };
-    report::write(out, &info, &names, &results, groups.as_ref())?;
-    print_summary(&results, groups.as_ref(), seconds, out);
-    log_stage_times(&engine);
+    report::write(out, &info, &images, groups.as_ref(), &store.person_names()?)?;
+    print_summary(&plan, &images, groups.as_ref(), seconds, out);
     Ok(())
+}
+
+/// A photo to analyse.
+struct ToAnalyse {
+    path: PathBuf,
+    name: String,
+}
+
+/// What a run has to do, from comparing the folder with the store.
+struct Plan {
+    analyse: Vec<ToAnalyse>,
+    /// Same content, new size or mtime: only the stored file state is updated.
+    touched: Vec<(String, FileState)>,
+    unchanged: usize,
+    /// Stored photos no longer in the folder.
+    removed: Vec<String>,
+}
+
+fn plan(root: &Path, paths: &[PathBuf], store: &Store, model_version: &str) -> Result<Plan> {
+    let mut stored = store.file_states()?;
+    let mut plan = Plan {
+        analyse: Vec::new(),
+        touched: Vec::new(),
+        unchanged: 0,
+        removed: Vec::new(),
+    };
+    for path in paths {
+        let name = relative_name(root, path);
+        let known = stored.remove(&name);
+        let state = known.filter(|k| k.model_version == model_version);
+        let Some(known) = state else {
+            plan.analyse.push(ToAnalyse {
+                path: path.clone(),
+                name,
+            });
+            continue;
+        };
+        let (size, mtime_ns) = file_stat(path);
+        if (size, mtime_ns) == (known.size, known.mtime_ns) {
+            plan.unchanged += 1;
+            continue;
+        }
+        let hash = std::fs::read(path).ok().map(|b| content_hash(&b));
+        if hash.as_deref() == Some(known.hash.as_str()) {
+            plan.unchanged += 1;
+            plan.touched.push((
+                name,
+                FileState {
+                    size,
+                    mtime_ns,
+                    ..known
+                },
+            ));
+        } else {
+            plan.analyse.push(ToAnalyse {
+                path: path.clone(),
+                name,
+            });
+        }
+    }
+    plan.removed = stored.into_keys().collect();
+    plan.removed.sort();
+    Ok(plan)
+}
+
+/// Analyses the photos batch by batch, committing each batch in one transaction.
+fn analyse(
+    args: &RunArgs,
+    engine: &Engine,
+    store: &mut Store,
+    todo: &[ToAnalyse],
+    model_version: &str,
+) -> Result<()> {
+    let out = &args.out;
+    let stop_after: Option<usize> = std::env::var(STOP_AFTER_BATCHES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let progress = progress_bar(todo.len());
+    let names: HashMap<&Path, &str> = todo
+        .iter()
+        .map(|t| (t.path.as_path(), t.name.as_str()))
+        .collect();
+    for (n, batch) in todo.chunks(args.batch_size as usize).enumerate() {
+        for t in batch {
+            output::remove_crops(out, &t.name)?;
+        }
+        let paths: Vec<PathBuf> = batch.iter().map(|t| t.path.clone()).collect();
+        let crop_error = Mutex::new(None);
+        let results = engine.analyze(&paths, |_, result| {
+            let name = names
+                .get(result.path.as_path())
+                .copied()
+                .unwrap_or_default();
+            write_crops_and_drop(out, name, result, &crop_error);
+            progress.inc(1);
+        })?;
+        if let Some(e) = crop_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        let analysed: Vec<Analysed> = batch
+            .iter()
+            .zip(results)
+            .map(|(t, r)| to_analysed(t, r, model_version))
+            .collect();
+        store.commit_batch(&analysed)?;
+        if stop_after == Some(n + 1) {
+            eprintln!(
+                "test hook: committed {} batches, waiting to be killed",
+                n + 1
+            );
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+fn to_analysed(t: &ToAnalyse, result: ImageResult, model_version: &str) -> Analysed {
+    let (size, mtime_ns) = file_stat(&t.path);
+    // Read again for the hash (from the page cache): the engine does not hand the bytes back.
+    let hash = std::fs::read(&t.path)
+        .map(|b| content_hash(&b))
+        .unwrap_or_default();
+    let (outcome, faces) = match result.outcome {
+        Ok(a) => {
+            let faces = a
+                .faces
+                .iter()
+                .map(|f| facegroup_core::FaceRecord::new(&t.name, model_version, f))
+                .collect();
+            (Ok((a.width, a.height)), faces)
+        }
+        Err(e) => (Err(e), Vec::new()),
+    };
+    Analysed {
+        name: t.name.clone(),
+        file: FileState {
+            size,
+            mtime_ns,
+            hash,
+            model_version: model_version.to_string(),
+        },
+        outcome,
+        faces,
+    }
+}
+
+/// Size and mtime (ns since the epoch); zeros when unreadable, which never match a stored
+/// state of a readable file.
+fn file_stat(path: &Path) -> (u64, i64) {
+    std::fs::metadata(path).map_or((0, 0), |m| {
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        (m.len(), mtime)
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Crops are written from the worker threads as images finish, so JPEG encoding runs in
@@ -124,17 +342,14 @@ fn progress_bar(len: usize) -> ProgressBar {
 }
 
 fn print_summary(
-    results: &[ImageResult],
+    plan: &Plan,
+    images: &[crate::store::StoredImage],
     groups: Option<&facegroup_core::group::Groups>,
     seconds: f64,
     out: &Path,
 ) {
-    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
-    let faces: usize = results
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().ok())
-        .map(|a| a.faces.len())
-        .sum();
+    let failed = images.iter().filter(|i| i.error.is_some()).count();
+    let faces: usize = images.iter().map(|i| i.faces.len()).sum();
     let persons = groups.map_or_else(String::new, |g| {
         format!(
             ", {} persons ({} faces unassigned)",
@@ -143,9 +358,11 @@ fn print_summary(
         )
     });
     println!(
-        "{} images ok, {failed} failed, {faces} faces{persons} in {seconds:.2} s ({:.2} images/s); output in {}",
-        results.len() - failed,
-        results.len() as f64 / seconds.max(1e-9),
+        "{} analysed, {} unchanged, {} removed; {} images ok, {failed} failed, {faces} faces{persons} in {seconds:.2} s; output in {}",
+        plan.analyse.len(),
+        plan.unchanged,
+        plan.removed.len(),
+        images.len() - failed,
         out.display()
     );
 }

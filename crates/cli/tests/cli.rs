@@ -144,6 +144,208 @@ fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
 }
 
 #[test]
+fn rerun_analyses_only_new_and_changed_photos_and_forgets_removed_ones() {
+    let photos = TempDir::new("inc-photos");
+    for name in ["obama.jpg", "obama2.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("inc-out");
+    let run = || run_ok(photos.path(), out.path(), &[]);
+
+    assert!(run().contains("3 analysed, 0 unchanged, 0 removed; 3 images ok"));
+    let first = std::fs::read_to_string(out.path().join("faces.jsonl")).expect("faces.jsonl");
+    assert!(out.path().join("facegroup.db").is_file());
+
+    // Unchanged folder: nothing analysed, same export.
+    assert!(run().contains("0 analysed, 3 unchanged, 0 removed"));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("faces.jsonl")).ok(),
+        Some(first.clone())
+    );
+
+    // Same bytes written again (new mtime): the content hash says unchanged.
+    copy_test_image("biden.jpg", photos.path());
+    assert!(run().contains("0 analysed, 3 unchanged, 0 removed"));
+
+    // One new photo: analysed alone.
+    copy_test_image("obama3.jpg", photos.path());
+    let stdout = run();
+    assert!(
+        stdout.contains("1 analysed, 3 unchanged, 0 removed; 4 images ok"),
+        "{stdout}"
+    );
+
+    // A photo replaced by another: re-analysed.
+    write(&photos.path().join("biden.jpg"), &image_bytes("t1.jpg"));
+    let stdout = run();
+    assert!(
+        stdout.contains("1 analysed, 3 unchanged, 0 removed"),
+        "{stdout}"
+    );
+    let faces = read_jsonl(&out.path().join("faces.jsonl"));
+    let biden = faces
+        .iter()
+        .filter(|f| f["image_id"] == "biden.jpg")
+        .count();
+    assert_eq!(biden, 6, "t1.jpg's six faces now stand under biden.jpg");
+
+    // A removed photo is forgotten with its faces and crops.
+    std::fs::remove_file(photos.path().join("obama2.jpg")).expect("remove photo");
+    let stdout = run();
+    assert!(
+        stdout.contains("0 analysed, 3 unchanged, 1 removed; 3 images ok"),
+        "{stdout}"
+    );
+    let faces = read_jsonl(&out.path().join("faces.jsonl"));
+    assert!(faces.iter().all(|f| f["image_id"] != "obama2.jpg"));
+    assert!(!out.path().join("crops/obama2.jpg.0.jpg").exists());
+    let images = read_jsonl(&out.path().join("images.jsonl"));
+    assert_eq!(images.len(), 3);
+}
+
+#[test]
+fn a_run_killed_between_batches_resumes_to_the_uninterrupted_result() {
+    let photos = TempDir::new("kill-photos");
+    for name in [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "biden.jpg",
+        "t1.jpg",
+    ] {
+        copy_test_image(name, photos.path());
+    }
+    let whole = TempDir::new("kill-whole");
+    run_ok(photos.path(), whole.path(), &["--batch-size", "1"]);
+
+    let killed = TempDir::new("kill-resumed");
+    // SIGKILL after 1 committed batch, then after 2 more, then finish.
+    kill_after_batches(photos.path(), killed.path(), 1);
+    kill_after_batches(photos.path(), killed.path(), 2);
+    let stdout = run_ok(photos.path(), killed.path(), &["--batch-size", "1"]);
+    assert!(
+        stdout.contains("2 analysed, 3 unchanged, 0 removed"),
+        "{stdout}"
+    );
+
+    for file in ["faces.jsonl", "images.jsonl", "groups.json"] {
+        let a = std::fs::read_to_string(whole.path().join(file)).expect("export");
+        let b = std::fs::read_to_string(killed.path().join(file)).expect("export");
+        assert_eq!(a, b, "{file} differs after resuming");
+    }
+    let groups: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(killed.path().join("groups.json")).expect("groups"),
+    )
+    .expect("groups.json is JSON");
+    assert_eq!(groups["persons"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn export_writes_the_files_shapes_from_the_store() {
+    let photos = TempDir::new("export-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("export-out");
+    run_ok(photos.path(), out.path(), &["--no-export"]);
+    assert!(!out.path().join("faces.jsonl").exists());
+
+    let export = |format: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+            .args(["export", "--out", path_str(out.path()), "--format", format])
+            .output()
+            .expect("start facegroup");
+        assert_success(&output);
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let faces: Vec<serde_json::Value> = export("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(faces.len(), 3);
+    assert_eq!(
+        faces[0]["face_id"],
+        "obama.jpg:scrfd_500m_bnkps+w600k_mbf:0"
+    );
+    assert_eq!(faces[0]["embedding"].as_array().map(Vec::len), Some(512));
+    let person = faces[0]["person_id"].as_str().expect("grouped");
+    assert!(faces.iter().all(|f| f["person_id"] == person));
+    let groups: serde_json::Value = serde_json::from_str(&export("json")).expect("JSON");
+    assert_eq!(groups["persons"][0]["person_id"], person);
+    assert_eq!(
+        groups["persons"][0]["face_ids"].as_array().map(Vec::len),
+        Some(3)
+    );
+}
+
+#[test]
+fn corrections_are_stored_and_honoured_by_later_runs() {
+    let photos = TempDir::new("fix-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("fix-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let groups = || -> serde_json::Value {
+        let text = std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let person = groups()["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person")
+        .to_string();
+    let fix = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+            .args(args)
+            .args(["--out", path_str(out.path())])
+            .output()
+            .expect("start facegroup");
+        assert_success(&output);
+    };
+    let biden = "biden.jpg:scrfd_500m_bnkps+w600k_mbf:0";
+    let obama3 = "obama3.jpg:scrfd_500m_bnkps+w600k_mbf:0";
+    fix(&["face", "move", biden, "--to", &person]);
+    fix(&["face", "not", obama3, "--person", &person]);
+    fix(&["person", "name", &person, "Barack"]);
+
+    // A full regroup puts the faces back as the clustering sees them; the corrections win.
+    let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    assert!(stdout.contains("1 persons"), "{stdout}");
+    let g = groups();
+    let faces: Vec<&str> = g["persons"][0]["face_ids"]
+        .as_array()
+        .expect("face_ids")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert_eq!(g["persons"][0]["person_id"], person.as_str());
+    assert!(
+        faces.contains(&biden) && !faces.contains(&obama3),
+        "{faces:?}"
+    );
+    assert_eq!(g["unassigned"], serde_json::json!([obama3]));
+    let report = std::fs::read_to_string(out.path().join("report.html")).expect("report");
+    assert!(
+        report.contains("Barack &middot; "),
+        "name shown in the report"
+    );
+
+    // Unknown persons are refused, not recorded.
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "merge",
+            &person,
+            "person-99",
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert!(!output.status.success());
+}
+
+#[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
     copy_test_image("obama.jpg", photos.path());
@@ -213,6 +415,42 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 }
 
 // ---- helpers ----
+
+/// `facegroup run PHOTOS --out OUT EXTRA...`, which must succeed; returns its stdout.
+fn run_ok(photos: &Path, out: &Path, extra: &[&str]) -> String {
+    let output = facegroup(&["run", path_str(photos), "--out", path_str(out)])
+        .args(extra)
+        .output()
+        .expect("start facegroup");
+    assert_success(&output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs with one photo per batch and SIGKILLs the process once it says `batches` batches are
+/// committed (the test hook makes it wait there).
+fn kill_after_batches(photos: &Path, out: &Path, batches: usize) {
+    use std::io::BufRead;
+    let mut child = facegroup(&["run", path_str(photos), "--out", path_str(out)])
+        .args(["--batch-size", "1"])
+        .env("FACEGROUP_TEST_STOP_AFTER_BATCHES", batches.to_string())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start facegroup");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut reached = false;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        if line.contains(&format!("committed {batches} batches")) {
+            reached = true;
+            break;
+        }
+    }
+    // Child::kill sends SIGKILL on Unix.
+    child.kill().expect("kill facegroup");
+    let status = child.wait().expect("wait for facegroup");
+    assert!(reached, "the run ended ({status}) before the test hook");
+}
 
 /// The binary with the repo's models and the ONNX Runtime library, whatever the caller's cwd.
 fn facegroup(args: &[&str]) -> Command {
