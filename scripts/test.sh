@@ -11,7 +11,6 @@ bash scripts/check-deploy.sh   # deployment files: cfn-lint, CLI shapes, compose
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The detection worker's end-to-end test runs the grouping worker binary, which `cargo test`
-# does not build; build it here with the same command the test uses, so the test finds it fresh.
-cargo build --locked -p facegroup-grouping-worker
+# The detection worker's tests run the grouping worker binary too: `cargo test --workspace`
+# builds it in the same invocation (for the grouping worker's own tests), so it is fresh.
 cargo test --workspace --locked

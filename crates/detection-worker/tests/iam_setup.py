@@ -40,8 +40,14 @@ def main() -> int:
 
     # The scaler counts this queue's jobs; moto answers for an unknown queue with an error.
     batch = client("batch")
+    service_role = iam.create_role(
+        RoleName="batch-service",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"},
+             "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
     ce = batch.create_compute_environment(
-        computeEnvironmentName="facegroup-ce", type="UNMANAGED", state="ENABLED")
+        computeEnvironmentName="facegroup-ce", type="UNMANAGED", state="ENABLED",
+        serviceRole=service_role)
     batch.create_job_queue(jobQueueName=job_queue, state="ENABLED", priority=1,
                            computeEnvironmentOrder=[{"order": 1,
                                                      "computeEnvironment": ce["computeEnvironmentArn"]}])

@@ -145,9 +145,15 @@ pub fn assign_with_summaries(
             let mut scored: Vec<Vec<(f32, usize)>> = vec![Vec::new(); block.len()];
             for (p, s) in summaries.iter().enumerate() {
                 let seeds = s.seeds.max(1);
+                let norm2 = dot(&s.sum, &s.sum);
                 for (out, &i) in scored.iter_mut().zip(block) {
                     let linkage = dot(&s.sum, set.row(i)) / seeds as f32;
-                    if linkage >= threshold(&set, cfg, i).at(1, seeds) {
+                    // The same rule as `assign_new_faces`: the size-aware threshold and, for good
+                    // faces, the cohesion test against the person's own cohesion.
+                    let (threshold, cohesion) = rule(&set, cfg, i);
+                    if linkage >= threshold.at(1, seeds)
+                        && cohesion.allows(linkage, cohesion.of(1.0, 1), cohesion.of(norm2, seeds))
+                    {
                         out.push((linkage, p));
                     }
                 }
@@ -275,12 +281,17 @@ impl Assignment {
     }
 }
 
-/// The threshold face `i` must reach: merge for good faces, attach for low-quality ones.
-fn threshold(set: &FaceSet, cfg: &GroupConfig, i: usize) -> super::MergeThreshold {
+/// What face `i` must reach: the merge threshold and cohesion test for good faces, the attach
+/// threshold (no cohesion test) for low-quality ones, as in `assign_new_faces`.
+fn rule(
+    set: &FaceSet,
+    cfg: &GroupConfig,
+    i: usize,
+) -> (super::MergeThreshold, super::hac::Cohesion) {
     if set.seeds[i] {
-        cfg.merge()
+        (cfg.merge(), cfg.cohesion())
     } else {
-        cfg.attach()
+        (cfg.attach(), super::hac::Cohesion::OFF)
     }
 }
 
