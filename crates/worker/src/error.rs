@@ -117,13 +117,15 @@ pub enum StoreError {
 }
 
 impl From<StoreError> for JobError {
-    /// A missing, unreadable (403) or oversized object is the caller's bad input; everything
-    /// else is the store's (temporary) trouble.
+    /// A missing, unreadable (403) or oversized object is the caller's bad input, and a
+    /// malformed stored document cannot become valid by retrying; everything else is the
+    /// store's (temporary) trouble, which the consumer's circuit breaker waits out.
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. }
             | StoreError::Denied { .. }
-            | StoreError::TooLarge { .. } => JobError::permanent(e.to_string()),
+            | StoreError::TooLarge { .. }
+            | StoreError::Malformed(_) => JobError::permanent(e.to_string()),
             _ => JobError::temporary(e.to_string()),
         }
     }
