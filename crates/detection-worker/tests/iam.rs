@@ -159,8 +159,8 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
         assert_eq!(queue_counts(&sqs, q).await, (0, 0), "{q} empty");
     }
     // The first grouping of this new gallery committed a run with the obama photos together.
-    let latest = get_json(&s3, &format!("groups/{GALLERY}/latest.json")).await;
-    let run = get_json(&s3, latest["key"].as_str().expect("key")).await;
+    let latest = s3_json(&s3, BUCKET, &format!("groups/{GALLERY}/latest.json")).await;
+    let run = s3_json(&s3, BUCKET, latest["key"].as_str().expect("key")).await;
     let persons = run["persons"].as_array().expect("persons");
     assert_eq!(persons.len(), 1, "{run}");
     assert_eq!(persons[0]["face_ids"].as_array().map(Vec::len), Some(3));
@@ -300,18 +300,6 @@ async fn client_config(moto: &Server, keys: &Keys) -> aws_config::SdkConfig {
 
 fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     facegroup_worker::aws::s3_client(conf, true)
-}
-
-async fn get_json(s3: &aws_sdk_s3::Client, key: &str) -> Value {
-    let out = s3
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
-    let bytes = out.body.collect().await.expect("body").into_bytes();
-    serde_json::from_slice(&bytes).expect("json")
 }
 
 /// Starts a worker binary in drain mode with the given user's keys.

@@ -228,16 +228,7 @@ impl Stack {
     }
 
     async fn s3_json(&self, key: &str) -> Value {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
-        let bytes = out.body.collect().await.expect("body").into_bytes();
-        serde_json::from_slice(&bytes).expect("json")
+        facegroup_testkit::s3_json(&self.s3, &self.bucket, key).await
     }
 
     async fn keys(&self, prefix: &str) -> BTreeSet<String> {

@@ -106,3 +106,16 @@ fn queue_url(
         .map(str::to_string)
         .unwrap_or_else(|| panic!("CreateQueue returned no queue URL"))
 }
+
+/// The JSON object at `s3://bucket/key`; panics (naming the key) when it is missing or not JSON.
+pub async fn s3_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> serde_json::Value {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+    let bytes = out.body.collect().await.expect("body").into_bytes();
+    serde_json::from_slice(&bytes).expect("json")
+}

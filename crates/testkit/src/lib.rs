@@ -26,7 +26,7 @@ pub mod aws;
 mod wait;
 
 #[cfg(feature = "aws")]
-pub use aws::{create_queue, moto_loader, queue_counts, sdk_config};
+pub use aws::{create_queue, moto_loader, queue_counts, s3_json, sdk_config};
 pub use paths::{image_bytes, images_dir, models_dir, ort_dylib, repo_root};
 pub use rng::{normalise, Rng};
 pub use server::{
