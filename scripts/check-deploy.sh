@@ -30,6 +30,18 @@ CHECKOV_VENV=.cache/checkov-venv
 failures=()
 ok() { echo "ok       $*"; }
 fail() { echo "FAIL     $*" >&2; failures+=("$*"); }
+# check NAME CMD...: runs CMD; passes as NAME, or prints CMD's output and fails as NAME. An
+# {} in NAME is replaced by CMD's output on success (checkov's counts), by nothing on failure.
+check() {
+    local name="$1" out
+    shift
+    if out="$("$@" 2>&1)"; then
+        ok "${name//\{\}/$out}"
+    else
+        echo "$out" >&2
+        fail "${name//\{\}/}"
+    fi
+}
 
 # ---------------------------------------------------------------- tools
 if [ ! -x .venv/bin/python ]; then
@@ -70,12 +82,7 @@ fi
 
 # ---------------------------------------------------------------- 1. CloudFormation
 template=batch/facegroup-batch.yaml
-if out="$(.venv/bin/cfn-lint "$template" 2>&1)"; then
-    ok "cfn-lint $template"
-else
-    echo "$out" >&2
-    fail "cfn-lint $template"
-fi
+check "cfn-lint $template" .venv/bin/cfn-lint "$template"
 if out="$(.venv/bin/python - "$template" <<'PY' 2>&1
 import json, re, sys
 import yaml
@@ -221,23 +228,14 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. docker compose
-if out="$("${compose[@]}" -f docker/docker-compose.yml config -q 2>&1)"; then
-    ok "${compose[*]} -f docker/docker-compose.yml config"
-else
-    echo "$out" >&2
-    fail "${compose[*]} -f docker/docker-compose.yml config"
-fi
+check "${compose[*]} -f docker/docker-compose.yml config" \
+    "${compose[@]}" -f docker/docker-compose.yml config -q
 
 # ---------------------------------------------------------------- 4. hadolint
 for dockerfile in docker/Dockerfile docker/*.Dockerfile docker/Dockerfile.*; do
     [ -f "$dockerfile" ] || continue
     case "$dockerfile" in *.dockerignore) continue ;; esac
-    if out="$(.venv/bin/hadolint --no-color "$dockerfile" 2>&1)"; then
-        ok "hadolint $dockerfile"
-    else
-        echo "$out" >&2
-        fail "hadolint $dockerfile"
-    fi
+    check "hadolint $dockerfile" .venv/bin/hadolint --no-color "$dockerfile"
 done
 
 # ---------------------------------------------------------------- 5. helper scripts
@@ -289,12 +287,7 @@ print("\n".join(problems) if problems else
 sys.exit(1 if problems or failed or parse_errors else 0)
 PY
 }
-if out="$(checkov_scan cloudformation "$template" 2>&1)"; then
-    ok "checkov $template, defaults ($out)"
-else
-    echo "$out" >&2
-    fail "checkov $template, defaults"
-fi
+check "checkov $template, defaults ({})" checkov_scan cloudformation "$template"
 variant="$checkov_tmp/facegroup-batch.yaml"
 if out="$(.venv/bin/python - "$template" "$variant" <<'PY' 2>&1
 import re, sys
@@ -316,12 +309,7 @@ fi
 for dockerfile in docker/Dockerfile docker/*.Dockerfile docker/Dockerfile.*; do
     [ -f "$dockerfile" ] || continue
     case "$dockerfile" in *.dockerignore) continue ;; esac
-    if out="$(checkov_scan dockerfile "$dockerfile" 2>&1)"; then
-        ok "checkov $dockerfile ($out)"
-    else
-        echo "$out" >&2
-        fail "checkov $dockerfile"
-    fi
+    check "checkov $dockerfile ({})" checkov_scan dockerfile "$dockerfile"
 done
 
 # ---------------------------------------------------------------- 7. IAM policies

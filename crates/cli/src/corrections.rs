@@ -227,18 +227,13 @@ fn tidy(groups: &mut Groups) {
 mod tests {
     use super::*;
 
-    fn person(id: &str, faces: &[&str]) -> Person {
-        Person {
-            person_id: id.into(),
-            face_ids: faces.iter().map(|f| f.to_string()).collect(),
-            representative: faces[0].into(),
-        }
-    }
-
     #[test]
     fn corrections_move_faces_between_persons() {
         let groups = Groups {
-            persons: vec![person("p1", &["a", "b"]), person("p2", &["c"])],
+            persons: vec![
+                Person::with_faces("p1", ["a", "b"]),
+                Person::with_faces("p2", ["c"]),
+            ],
             unassigned: vec!["d".into()],
         };
         let merged = apply(

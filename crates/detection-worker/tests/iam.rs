@@ -5,9 +5,8 @@
 //! denied.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -29,33 +28,29 @@ struct Keys {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
-    let moto = start_moto();
-    let mongo = start_mongo();
-    let setup = sdk_config(facegroup_worker::aws::loader(), &moto).await;
-    let sqs = aws_sdk_sqs::Client::new(&setup);
-    let s3 = s3_client(&setup);
-    s3.create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .expect("bucket");
-    let (detect_q, detect_dlq) = create_queue(&sqs, "detection", 30, Some(5)).await;
-    let (group_q, group_dlq) = create_queue(&sqs, "grouping", 30, Some(5)).await;
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
+    let stack = TestStack::start(
+        facegroup_worker::aws::loader(),
+        start_moto(),
+        start_mongo(),
+        &logs,
+        "iam",
+    )
+    .await;
+    let (moto, sqs) = (&stack.moto, &stack.sqs);
+    let setup = sdk_config(facegroup_worker::aws::loader(), moto).await;
+    let (detect_q, detect_dlq) = create_queue(sqs, "detection", 30, Some(5)).await;
+    let (group_q, group_dlq) = create_queue(sqs, "grouping", 30, Some(5)).await;
     let photos = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"];
     for name in photos {
-        let bytes = std::fs::read(repo_root().join("testdata/images").join(name)).expect("photo");
-        s3.put_object()
-            .bucket(BUCKET)
-            .key(format!("photos/{name}"))
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .expect("upload");
+        stack
+            .upload(&format!("photos/{name}"), image_bytes(name))
+            .await;
     }
 
-    let keys = iam_users(&moto, &detect_q, &group_q);
+    let keys = iam_users(moto, &detect_q, &group_q);
     // From here on every request needs an IAM user's keys; the test drives with `admin`.
-    let admin = client_config(&moto, &keys["admin"]).await;
+    let admin = client_config(moto, &keys["admin"]).await;
     let sqs = aws_sdk_sqs::Client::new(&admin);
     let s3 = s3_client(&admin);
     let admin_ok = sqs
@@ -99,15 +94,11 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
         .await
         .expect("send");
 
-    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
-    std::fs::create_dir_all(&logs).expect("log dir");
     let mut det = worker(
+        &stack,
         "detection",
-        &moto,
-        mongo.port,
         &keys["DetectionJobRole"],
         &detect_q,
-        &logs.join("iam.detection.log"),
         &[
             ("FACEGROUP_GROUPING_QUEUE_URL", group_q.as_str()),
             ("FACEGROUP_GROUP_AFTER_FACES", "1"),
@@ -118,15 +109,7 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
         Some(0),
         "detection worker drained"
     );
-    let mut grp = worker(
-        "grouping",
-        &moto,
-        mongo.port,
-        &keys["GroupingJobRole"],
-        &group_q,
-        &logs.join("iam.grouping.log"),
-        &[],
-    );
+    let mut grp = worker(&stack, "grouping", &keys["GroupingJobRole"], &group_q, &[]);
     assert_eq!(
         wait_exit(&mut grp, Duration::from_secs(180)).await.code(),
         Some(0),
@@ -134,10 +117,8 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
     );
 
     // Every photo done, the deleted one failed, nothing retried into a dead-letter queue.
-    let db = mongodb::Client::with_uri_str(mongo_uri(mongo.port))
-        .await
-        .expect("mongo");
-    let images = db
+    let images = stack
+        .db
         .database("huemn")
         .collection::<mongodb::bson::Document>("images");
     let done = images
@@ -164,15 +145,16 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
     let persons = run["persons"].as_array().expect("persons");
     assert_eq!(persons.len(), 1, "{run}");
     assert_eq!(persons[0]["face_ids"].as_array().map(Vec::len), Some(3));
-    for log in ["iam.detection.log", "iam.grouping.log"] {
-        let text = std::fs::read_to_string(logs.join(log)).expect("log");
+    for log in ["detection", "grouping"].map(|tag| stack.log_path(tag)) {
+        let text = std::fs::read_to_string(&log).expect("log");
+        let log = log.display();
         for word in ["AccessDenied", "not authorized", "InvalidClientTokenId"] {
             assert!(!text.contains(word), "{log} mentions {word:?}:\n{text}");
         }
     }
 
     // The scaler, with its own role's keys, reads both queues and counts jobs.
-    let scaler = client_config(&moto, &keys["ScalerJobRole"]).await;
+    let scaler = client_config(moto, &keys["ScalerJobRole"]).await;
     for q in [&detect_q, &group_q] {
         let target = facegroup_scaler::Target {
             queue_url: q.clone(),
@@ -196,8 +178,8 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
     }
 
     // Least privilege: writes outside a role's own prefixes are denied.
-    let detection = s3_client(&client_config(&moto, &keys["DetectionJobRole"]).await);
-    let grouping = s3_client(&client_config(&moto, &keys["GroupingJobRole"]).await);
+    let detection = s3_client(&client_config(moto, &keys["DetectionJobRole"]).await);
+    let grouping = s3_client(&client_config(moto, &keys["GroupingJobRole"]).await);
     for (who, client, key) in [
         ("detection", &detection, "groups/g/forged.json"),
         ("detection", &detection, "photos/overwrite.jpg"),
@@ -216,7 +198,7 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
         assert!(text.contains("AccessDenied"), "{who} {key}: {text}");
     }
     let other_queue =
-        aws_sdk_sqs::Client::new(&client_config(&moto, &keys["GroupingJobRole"]).await)
+        aws_sdk_sqs::Client::new(&client_config(moto, &keys["GroupingJobRole"]).await)
             .receive_message()
             .queue_url(&detect_q)
             .send()
@@ -230,10 +212,8 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
 /// Creates one IAM user per role of the template (and an admin), returns their keys and turns
 /// IAM enforcement on.
 fn iam_users(moto: &Server, detect_q: &str, group_q: &str) -> HashMap<String, Keys> {
-    let python = repo_root().join(".venv/bin/python");
-    let policies = Command::new(&python)
-        .current_dir(repo_root())
-        .args([
+    let policies = run_python(
+        &[
             "scripts/iam_policies.py",
             "--param",
             &format!("BucketName={BUCKET}"),
@@ -242,35 +222,18 @@ fn iam_users(moto: &Server, detect_q: &str, group_q: &str) -> HashMap<String, Ke
             "--queue",
             &format!("GroupingQueue={group_q}"),
             "--moto",
-        ])
-        .output()
-        .expect("iam_policies.py");
-    assert!(
-        policies.status.success(),
-        "iam_policies.py: {}",
-        String::from_utf8_lossy(&policies.stderr)
+        ],
+        b"",
     );
-    let mut setup = Command::new(&python)
-        .arg(repo_root().join("crates/detection-worker/tests/iam_setup.py"))
-        .args([&moto.endpoint(), JOB_QUEUE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iam_setup.py");
-    setup
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&policies.stdout)
-        .expect("write policies");
-    let out = setup.wait_with_output().expect("iam_setup.py");
-    assert!(
-        out.status.success(),
-        "iam_setup.py: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_python(
+        &[
+            "crates/detection-worker/tests/iam_setup.py",
+            &moto.endpoint(),
+            JOB_QUEUE,
+        ],
+        &policies,
     );
-    let keys: HashMap<String, Value> = serde_json::from_slice(&out.stdout).expect("keys JSON");
+    let keys: HashMap<String, Value> = serde_json::from_slice(&out).expect("keys JSON");
     keys.into_iter()
         .map(|(role, k)| {
             let text = |f: &str| k[f].as_str().expect("key field").to_string();
@@ -303,14 +266,11 @@ fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 }
 
 /// Starts a worker binary in drain mode with the given user's keys.
-#[allow(clippy::too_many_arguments)]
 fn worker(
+    stack: &TestStack,
     kind: &str,
-    moto: &Server,
-    mongo_port: u16,
     keys: &Keys,
     queue: &str,
-    log: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> Child {
     let detection = PathBuf::from(env!("CARGO_BIN_EXE_facegroup-detection-worker"));
@@ -320,27 +280,22 @@ fn worker(
         "{} missing: `cargo build -p facegroup-{kind}-worker` (scripts/test.sh does)",
         bin.display()
     );
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(repo_root())
-        .envs(worker_env(moto, mongo_port))
-        .env("AWS_ACCESS_KEY_ID", &keys.key)
-        .env("AWS_SECRET_ACCESS_KEY", &keys.secret)
-        .env("FACEGROUP_QUEUE_URL", queue)
-        .env("FACEGROUP_BUCKET", BUCKET)
-        .env("FACEGROUP_MODELS_DIR", repo_root().join("models"))
-        .env("FACEGROUP_WAIT_TIME_SECS", "1")
-        .env("FACEGROUP_VISIBILITY_SECS", "10")
-        .env("FACEGROUP_HEARTBEAT_SECS", "2")
-        .env("FACEGROUP_RETRY_BACKOFF_SECS", "1")
-        .env("FACEGROUP_DRAIN", "true")
-        .env("FACEGROUP_IDLE_EXIT_SECS", "3")
-        .env("FACEGROUP_INTRA_THREADS", "1")
-        .env("FACEGROUP_LIVENESS_FILE", log.with_extension("alive"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"));
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start worker")
+    let models = models_dir();
+    let mut env = vec![
+        ("AWS_ACCESS_KEY_ID", keys.key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", keys.secret.as_str()),
+        (
+            "FACEGROUP_MODELS_DIR",
+            models.to_str().expect("utf-8 models path"),
+        ),
+        ("FACEGROUP_DRAIN", "true"),
+        ("FACEGROUP_INTRA_THREADS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let timing = WorkerTiming {
+        visibility: 10,
+        heartbeat: 2,
+        idle_exit: 3,
+    };
+    stack.worker(&bin, kind, queue, timing, &env)
 }

@@ -9,28 +9,33 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 
 use facegroup_testkit::{
-    create_queue, free_port, image_bytes, models_dir, mongo_uri, queue_counts, repo_root,
-    sdk_config, start_mongo, start_mongo_on, start_moto, wait_exit, wait_for, worker_env, Server,
-    TempDir,
+    create_queue, free_port, image_bytes, models_dir, queue_counts, repo_root, start_mongo,
+    start_mongo_on, start_moto, wait_exit, wait_for, CrashRun, Server, TempDir, TestStack,
+    WorkerTiming, REFERENCE,
 };
 use facegroup_worker::mongo::image_key;
 
 const GALLERY: &str = "g1";
 
-struct Stack {
-    moto: Server,
-    mongo: Server,
-    sqs: aws_sdk_sqs::Client,
-    s3: aws_sdk_s3::Client,
-    db: mongodb::Client,
-    bucket: String,
-    logs: PathBuf,
+/// This file's stack: the test kit's, plus the detection-specific helpers below.
+struct Stack(TestStack);
+
+impl std::ops::Deref for Stack {
+    type Target = TestStack;
+    fn deref(&self) -> &TestStack {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut TestStack {
+        &mut self.0
+    }
 }
 
 async fn stack(test: &str) -> Stack {
@@ -38,60 +43,33 @@ async fn stack(test: &str) -> Stack {
 }
 
 async fn stack_with_mongo(test: &str, mongo: Server) -> Stack {
-    let moto = start_moto();
-    let conf = sdk_config(facegroup_worker::aws::loader(), &moto).await;
-    let sqs = facegroup_worker::aws::sqs_client(&conf);
-    let s3 = facegroup_worker::aws::s3_client(&conf, true);
-    let bucket = "photos".to_string();
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket");
-    let db = mongodb::Client::with_uri_str(mongo_uri(mongo.port))
-        .await
-        .expect("mongo client");
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
-    std::fs::create_dir_all(&logs).expect("log dir");
-    let logs = logs.join(test);
-    Stack {
-        moto,
-        mongo,
-        sqs,
-        s3,
-        db,
-        bucket,
-        logs,
-    }
+    Stack(
+        TestStack::start(
+            facegroup_worker::aws::loader(),
+            start_moto(),
+            mongo,
+            &logs,
+            test,
+        )
+        .await,
+    )
 }
 
-impl Stack {
-    async fn upload(&self, key: &str, bytes: Vec<u8>) {
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .expect("put object");
-    }
+/// Detection workers run one single-threaded pipeline with a short visibility timeout, so
+/// redeliveries come within seconds.
+const TIMING: WorkerTiming = WorkerTiming {
+    visibility: 4,
+    heartbeat: 1,
+    idle_exit: 2,
+};
 
+impl Stack {
     async fn upload_photo(&self, name: &str) -> String {
         let bytes = image_bytes(name);
         let key = format!("uploads/{name}");
         self.upload(&key, bytes).await;
         key
-    }
-
-    async fn send(&self, queue: &str, body: Value) {
-        self.sqs
-            .send_message()
-            .queue_url(queue)
-            .message_body(body.to_string())
-            .send()
-            .await
-            .expect("send");
     }
 
     async fn send_detection(&self, queue: &str, image_id: &str, key: &str) {
@@ -114,32 +92,11 @@ impl Stack {
 
     /// [`worker`](Self::worker) with its own log file `TEST.TAG.log`, for several at once.
     fn worker_tagged(&self, kind: &str, tag: &str, queue: &str, extra: &[(&str, &str)]) -> Child {
-        let bin = worker_binary(kind);
-        let log = std::fs::File::create(self.logs.with_extension(format!("{tag}.log")))
-            .expect("log file");
-        let mut cmd = Command::new(bin);
-        cmd.current_dir(repo_root())
-            .envs(worker_env(&self.moto, self.mongo.port))
-            .env("FACEGROUP_QUEUE_URL", queue)
-            .env("FACEGROUP_BUCKET", &self.bucket)
-            .env("FACEGROUP_MODELS_DIR", models_dir())
-            .env("FACEGROUP_WAIT_TIME_SECS", "1")
-            .env("FACEGROUP_VISIBILITY_SECS", "4")
-            .env("FACEGROUP_HEARTBEAT_SECS", "1")
-            .env("FACEGROUP_RETRY_BACKOFF_SECS", "1")
-            .env("FACEGROUP_IDLE_EXIT_SECS", "2")
-            .env("FACEGROUP_INTRA_THREADS", "1")
-            .env(
-                "FACEGROUP_LIVENESS_FILE",
-                self.logs.with_extension(format!("{tag}.alive")),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd.spawn().expect("start worker")
+        let models = models_dir();
+        let mut env = model_env(&models);
+        env.extend_from_slice(extra);
+        self.0
+            .worker(&worker_binary(kind), tag, queue, TIMING, &env)
     }
 
     fn images(&self) -> mongodb::Collection<Document> {
@@ -196,6 +153,17 @@ impl Stack {
 
 /// The worker binaries: this package's own, and the grouping worker's next to it (built on
 /// demand when only this package's tests were asked for).
+/// The models a detection worker loads from `models` (one single-threaded pipeline).
+fn model_env(models: &std::path::Path) -> Vec<(&'static str, &str)> {
+    vec![
+        (
+            "FACEGROUP_MODELS_DIR",
+            models.to_str().expect("utf-8 models path"),
+        ),
+        ("FACEGROUP_INTRA_THREADS", "1"),
+    ]
+}
+
 fn worker_binary(kind: &str) -> PathBuf {
     let detection = PathBuf::from(env!("CARGO_BIN_EXE_facegroup-detection-worker"));
     if kind == "detection" {
@@ -549,54 +517,33 @@ async fn a_crash_at_every_step_then_a_rerun_ends_as_an_uninterrupted_run() {
     let key = s.upload_photo("players.jpg").await;
     let image = "players";
     let settings = [
-        ("FACEGROUP_DRAIN", "true"),
         ("FACEGROUP_GROUP_AFTER_FACES", "1"),
         ("FACEGROUP_MAX_IN_FLIGHT", "1"),
     ];
     // One gallery, queue and grouping queue per run: the reference run and one per step, all
     // at once (the crashed runs first, then their reruns).
     let mut runs = Vec::new();
-    for (i, step) in std::iter::once("none").chain(CRASH_STEPS).enumerate() {
+    for (i, step) in std::iter::once(REFERENCE).chain(CRASH_STEPS).enumerate() {
         let gallery = format!("crash-{i}");
         let (queue, _) = create_queue(&s.sqs, &format!("detect-{i}"), 30, None).await;
         let (group_queue, _) = create_queue(&s.sqs, &format!("group-{i}"), 30, None).await;
         s.send_detection_to(&queue, &gallery, image, &key).await;
         runs.push((step, gallery, queue, group_queue));
     }
-    let mut crashed = Vec::new();
-    for (i, (step, _, queue, group_queue)) in runs.iter().enumerate() {
-        let mut env: Vec<(&str, &str)> = settings.to_vec();
-        env.push(("FACEGROUP_GROUPING_QUEUE_URL", group_queue));
-        if *step != "none" {
-            env.push(("FACEGROUP_TEST_CRASH_AT", step));
-        }
-        crashed.push(s.worker_tagged("detection", &format!("crash-{i}"), queue, &env));
-    }
-    for ((step, ..), child) in runs.iter().zip(crashed.iter_mut()) {
-        let status = wait_exit(child, Duration::from_secs(240)).await;
-        if *step == "none" {
-            assert_eq!(status.code(), Some(0), "reference run");
-        } else {
-            // The hook fired: the worker died instead of draining.
-            assert_ne!(status.code(), Some(0), "{step}: no crash");
-        }
-    }
-    // Reruns: drain with an idle time longer than the crashed worker's visibility (4 s), so
-    // the rerun waits for the message to come back.
-    let mut reruns = Vec::new();
-    for (i, (step, _, queue, group_queue)) in runs.iter().enumerate().skip(1) {
-        let mut env: Vec<(&str, &str)> = settings.to_vec();
-        env.push(("FACEGROUP_GROUPING_QUEUE_URL", group_queue));
-        env.push(("FACEGROUP_IDLE_EXIT_SECS", "10"));
-        reruns.push((
-            *step,
-            s.worker_tagged("detection", &format!("rerun-{i}"), queue, &env),
-        ));
-    }
-    for (step, child) in reruns.iter_mut() {
-        let status = wait_exit(child, Duration::from_secs(240)).await;
-        assert_eq!(status.code(), Some(0), "{step}: rerun drained");
-    }
+    let models = models_dir();
+    let matrix: Vec<CrashRun> = runs
+        .iter()
+        .map(|(step, _, queue, group_queue)| {
+            let mut env = model_env(&models);
+            env.extend_from_slice(&settings);
+            env.push(("FACEGROUP_GROUPING_QUEUE_URL", group_queue));
+            CrashRun { step, queue, env }
+        })
+        .collect();
+    // Reruns drain with an idle time longer than the crashed worker's visibility (4 s), so
+    // they wait for the message to come back.
+    s.crash_then_rerun(&worker_binary("detection"), TIMING, &matrix, 10)
+        .await;
 
     let (_, ref_gallery, ref_queue, ref_group) = &runs[0];
     let reference = end_state(&s, ref_gallery, image).await;

@@ -16,9 +16,15 @@
 //! Failures: FAISS errors and a panic of the grouping thread are suspect (the consumer probes
 //! the grouping engine on a fixed synthetic set: a failing probe means a broken GPU/FAISS and
 //! exit 3); bad stored data is permanent; store trouble and a lost lease are temporary.
+//!
+//! Every step is safe to die after: a redelivered job takes the dead job's lease over and runs
+//! again from the committed state, so the end state is an uninterrupted run's. Test builds
+//! prove it by aborting at each write step (`FACEGROUP_TEST_CRASH_AT`: `after_lease`,
+//! `after_clear_pending`, `after_put_run`, `after_commit`, `after_set_person_ids`,
+//! `after_put_latest`, and the consumer's `before_delete`).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use facegroup_core::{group_faces, regroup, FaceInput, GroupConfig, GroupError, GroupMode, Groups};
 use facegroup_worker::gallery::{
@@ -27,7 +33,7 @@ use facegroup_worker::gallery::{
 use facegroup_worker::jobs::{self, GroupingJob};
 use facegroup_worker::mongo::MongoStore;
 use facegroup_worker::s3::S3Store;
-use facegroup_worker::{Handler, JobError, JobReport, Message};
+use facegroup_worker::{fault, Handler, JobError, JobReport, Message};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -104,7 +110,10 @@ impl Handler for GroupingHandler {
             .acquire(&job.gallery_id, &msg.message_id, self.lease.ttl, full)
             .await?
         {
-            Acquire::Acquired { lease, state } => (lease, state),
+            Acquire::Acquired { lease, state } => {
+                fault::crash_point("after_lease");
+                (lease, state)
+            }
             Acquire::Coalesced { holder_token } => {
                 info!(gallery_id = %job.gallery_id, holder_token, "gallery is being grouped; request coalesced into the running job");
                 return Ok(JobReport::default());
@@ -189,10 +198,13 @@ impl GroupingHandler {
             }
         };
         // Past the commit the lease is released; these writes are fenced by the run number.
+        fault::crash_point("after_commit");
         self.mongo
             .set_person_ids(&done.groups, done.run_number)
             .await?;
+        fault::crash_point("after_set_person_ids");
         self.write_latest(&job.gallery_id, &done).await?;
+        fault::crash_point("after_put_latest");
         if let Some(rerun) = done.rerun {
             self.follow_up(&job.gallery_id, rerun).await?;
         }
@@ -223,6 +235,7 @@ impl GroupingHandler {
         // Cleared under the lease: faces that arrive from now on trigger the next job, and this
         // job reads the faces after the clear, so it covers everything before it.
         self.mongo.clear_grouping_pending(&job.gallery_id).await?;
+        fault::crash_point("after_clear_pending");
         let faces = self
             .mongo
             .gallery_faces(&job.gallery_id, &self.model_version)
@@ -257,12 +270,13 @@ impl GroupingHandler {
             run_number,
             mode,
             model_version: self.model_version.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: facegroup_worker::now_ms(),
             face_count,
             persons: groups.persons.clone(),
             unassigned: groups.unassigned.clone(),
         };
         self.s3.put_json(&key, &run).await?;
+        fault::crash_point("after_put_run");
         let commit = CommittedRun {
             run_id: run_id.clone(),
             run_number,
@@ -394,7 +408,7 @@ fn group(
     previous: Option<&Groups>,
     mode: Option<GroupMode>,
 ) -> Result<Groups, GroupError> {
-    if facegroup_worker::fault::forced("grouping-runtime") {
+    if fault::forced("grouping-runtime") {
         return Err(GroupError::Faiss(
             "forced by FACEGROUP_TEST_FAULT=grouping-runtime".into(),
         ));
@@ -470,40 +484,28 @@ fn probe_faces() -> (Vec<FaceInput>, usize, usize) {
     (faces, PERSONS, PER_PERSON)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use facegroup_core::Person;
-
-    fn person(id: &str, faces: &[&str]) -> Person {
-        Person {
-            person_id: id.into(),
-            face_ids: faces.iter().map(|f| f.to_string()).collect(),
-            representative: faces[0].into(),
-        }
-    }
 
     #[test]
     fn new_persons_continue_from_the_stored_number() {
         // person-7 existed in an earlier run but not in the previous one: a new person must not
         // get its id again.
         let previous = Groups {
-            persons: vec![person("person-2", &["a"]), person("person-5", &["b"])],
+            persons: vec![
+                Person::with_faces("person-2", ["a"]),
+                Person::with_faces("person-5", ["b"]),
+            ],
             unassigned: vec![],
         };
         let mut groups = Groups {
             persons: vec![
-                person("person-5", &["b", "c"]),
-                person("person-6", &["d", "e"]),
-                person("person-2", &["a"]),
-                person("person-7", &["f", "g"]),
+                Person::with_faces("person-5", ["b", "c"]),
+                Person::with_faces("person-6", ["d", "e"]),
+                Person::with_faces("person-2", ["a"]),
+                Person::with_faces("person-7", ["f", "g"]),
             ],
             unassigned: vec![],
         };
@@ -517,7 +519,7 @@ mod tests {
         assert_eq!(next, 10);
         // A first run starts at 1.
         let mut first = Groups {
-            persons: vec![person("person-1", &["x"])],
+            persons: vec![Person::with_faces("person-1", ["x"])],
             unassigned: vec![],
         };
         assert_eq!(number_new_persons(&mut first, None, 1), 2);

@@ -1,17 +1,17 @@
 //! The grouping worker binary against real servers (moto for SQS + S3, SecantusDB for
 //! MongoDB), on synthetic faces stored in the shape the detection worker writes: the first
 //! grouping of a gallery reads no S3 key that may not exist, concurrent jobs of one gallery end
-//! in one committed run, an empty face set keeps the committed run, and a runtime failure mid-job
-//! exits 3 and releases the message.
+//! in one committed run, an empty face set keeps the committed run, a runtime failure mid-job
+//! exits 3 and releases the message, and a crash at every write step followed by a rerun ends
+//! in the state of an uninterrupted run.
 //!
 //! The binary is the one cargo builds for these tests: the dev-dependency on
 //! `facegroup-worker/testing` compiles its fault hook in; `cargo build` of the binary has none.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use facegroup_worker::gallery::GalleryStore;
 use facegroup_worker::mongo::{encode_embedding, MongoStore};
@@ -32,152 +32,66 @@ fn worker_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_facegroup-grouping-worker"))
 }
 
-/// moto started with request recording into `recording` (a test's own file).
-fn start_recording_moto(recording: &Path) -> (Child, u16) {
-    let port = free_port();
-    let child = Command::new(repo_root().join(".venv/bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("MOTO_ENABLE_RECORDING", "True")
-        .env("MOTO_RECORDER_FILEPATH", recording)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto not ready after 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (child, port)
-}
-
+/// This file's stack: the test kit's, plus the grouping queue (with its DLQ) and the helpers
+/// below.
 struct Stack {
-    /// moto: a support server, or one of this file's recording ones (killed on drop).
-    moto_port: u16,
-    _moto: Option<Server>,
-    recording_moto: Option<Child>,
-    mongo: Server,
-    sqs: aws_sdk_sqs::Client,
-    s3: aws_sdk_s3::Client,
-    db: mongodb::Client,
-    bucket: String,
-    logs: PathBuf,
+    kit: TestStack,
     queue: String,
     dlq: String,
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(c) = self.recording_moto.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl std::ops::Deref for Stack {
+    type Target = TestStack;
+    fn deref(&self) -> &TestStack {
+        &self.kit
     }
 }
 
+/// The stack of `test`; with `recording`, moto records every request into that file.
 async fn stack(test: &str, recording: Option<&Path>) -> Stack {
-    let (moto_port, moto, recording_moto) = match recording {
-        Some(file) => {
-            let (child, port) = start_recording_moto(file);
-            (port, None, Some(child))
-        }
-        None => {
-            let m = start_moto();
-            (m.port, Some(m), None)
-        }
+    let moto = match recording {
+        Some(file) => start_moto_with(&[
+            ("MOTO_ENABLE_RECORDING", "True"),
+            ("MOTO_RECORDER_FILEPATH", file.to_str().expect("utf-8 path")),
+        ]),
+        None => start_moto(),
     };
-    let endpoint = format!("http://127.0.0.1:{moto_port}");
-    let conf = facegroup_worker::aws::loader()
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new(REGION))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "tests",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&conf);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = "photos".to_string();
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket");
-    let mongo = start_mongo();
-    let db = mongodb::Client::with_uri_str(mongo_uri(mongo.port))
-        .await
-        .expect("mongo client");
-    let (queue, dlq) = create_queue(&sqs, "group", 30, Some(5)).await;
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grouping-logs");
-    std::fs::create_dir_all(&logs).expect("log dir");
+    let kit = TestStack::start(
+        facegroup_worker::aws::loader(),
+        moto,
+        start_mongo(),
+        &logs,
+        test,
+    )
+    .await;
+    let (queue, dlq) = create_queue(&kit.sqs, "group", 30, Some(5)).await;
     Stack {
-        moto_port,
-        _moto: moto,
-        recording_moto,
-        mongo,
-        sqs,
-        s3,
-        db,
-        bucket,
-        logs: logs.join(test),
+        kit,
         queue,
         dlq: dlq.expect("dlq"),
     }
 }
 
+/// Grouping jobs of these tests take a second or two; the lease outlives a job's pauses.
+const TIMING: WorkerTiming = WorkerTiming {
+    visibility: 10,
+    heartbeat: 2,
+    idle_exit: 4,
+};
+
 impl Stack {
     /// Starts a grouping worker that drains the queue; `n` names its log file.
     fn worker(&self, n: usize, extra: &[(&str, &str)]) -> Child {
-        let log =
-            std::fs::File::create(self.logs.with_extension(format!("{n}.log"))).expect("log file");
-        let mut cmd = Command::new(worker_binary());
-        cmd.current_dir(repo_root())
-            .env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", self.moto_port),
-            )
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("FACEGROUP_MONGODB_URI", mongo_uri(self.mongo.port))
-            .env("FACEGROUP_S3_PATH_STYLE", "true")
-            .env("RUST_LOG", "info")
-            .env("FACEGROUP_QUEUE_URL", &self.queue)
-            .env("FACEGROUP_BUCKET", &self.bucket)
-            .env("FACEGROUP_DRAIN", "true")
-            .env("FACEGROUP_WAIT_TIME_SECS", "1")
-            .env("FACEGROUP_VISIBILITY_SECS", "10")
-            .env("FACEGROUP_HEARTBEAT_SECS", "2")
-            .env("FACEGROUP_RETRY_BACKOFF_SECS", "1")
-            .env("FACEGROUP_IDLE_EXIT_SECS", "4")
-            .env("FACEGROUP_LEASE_SECS", "20")
-            .env(
-                "FACEGROUP_LIVENESS_FILE",
-                self.logs.with_extension(format!("{n}.alive")),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd.spawn().expect("start grouping worker")
+        let mut env = vec![("FACEGROUP_DRAIN", "true"), ("FACEGROUP_LEASE_SECS", "20")];
+        env.extend_from_slice(extra);
+        self.kit
+            .worker(worker_binary(), &n.to_string(), &self.queue, TIMING, &env)
     }
 
     async fn send_job(&self, mode: &str) {
-        self.sqs
-            .send_message()
-            .queue_url(&self.queue)
-            .message_body(json!({"gallery_id": GALLERY, "mode": mode}).to_string())
-            .send()
-            .await
-            .expect("send");
+        self.send(&self.queue, json!({"gallery_id": GALLERY, "mode": mode}))
+            .await;
     }
 
     fn faces(&self) -> mongodb::Collection<Document> {
@@ -191,14 +105,19 @@ impl Stack {
     /// Stores `count` faces of synthetic person `person`, one per photo, numbered from `first`,
     /// in the detection worker's document shape.
     async fn add_faces(&self, person: usize, first: usize, count: usize) {
+        self.add_faces_in(GALLERY, person, first, count).await;
+    }
+
+    /// [`add_faces`](Self::add_faces) in gallery `gallery` (face ids start with `gallery/`).
+    async fn add_faces_in(&self, gallery: &str, person: usize, first: usize, count: usize) {
         let docs: Vec<Document> = (first..first + count)
             .map(|i| {
-                let image_id = format!("p{person}-img{i}");
+                let image_id = format!("{gallery}/p{person}-img{i}");
                 let embedding = synthetic_embedding(person, i);
                 doc! {
                     "_id": format!("{image_id}:{MODEL_VERSION}:0"),
                     "image_id": &image_id,
-                    "gallery_id": GALLERY,
+                    "gallery_id": gallery,
                     "face_index": 0,
                     "model_version": MODEL_VERSION,
                     "bbox": {"x1": 0.0, "y1": 0.0, "x2": 100.0, "y2": 100.0},
@@ -218,8 +137,12 @@ impl Stack {
     }
 
     async fn all_faces(&self) -> Vec<Document> {
+        self.all_faces_in(GALLERY).await
+    }
+
+    async fn all_faces_in(&self, gallery: &str) -> Vec<Document> {
         self.faces()
-            .find(doc! {"gallery_id": GALLERY})
+            .find(doc! {"gallery_id": gallery})
             .await
             .expect("find")
             .try_collect()
@@ -248,7 +171,11 @@ impl Stack {
 
     /// The committed run JSON, by the key MongoDB records.
     async fn committed_run(&self) -> Value {
-        let state = self.galleries().state(GALLERY).await.expect("state");
+        self.committed_run_in(GALLERY).await
+    }
+
+    async fn committed_run_in(&self, gallery: &str) -> Value {
+        let state = self.galleries().state(gallery).await.expect("state");
         let committed = state.committed.expect("a committed run");
         let run = self.s3_json(&committed.key).await;
         assert_eq!(run["run_number"].as_u64(), Some(committed.run_number));
@@ -296,8 +223,12 @@ fn assignment(run: &Value) -> BTreeMap<String, Option<String>> {
 
 /// Asserts every stored face carries the committed run's person id and run number.
 async fn assert_faces_match(s: &Stack, run: &Value) {
+    assert_faces_match_in(s, GALLERY, run).await;
+}
+
+async fn assert_faces_match_in(s: &Stack, gallery: &str, run: &Value) {
     let want = assignment(run);
-    let faces = s.all_faces().await;
+    let faces = s.all_faces_in(gallery).await;
     assert_eq!(
         faces.len(),
         want.len(),
@@ -559,4 +490,87 @@ async fn runtime_failure_mid_job_exits_3_and_releases_the_message() {
     assert_eq!(queue_counts(&s.sqs, &s.queue).await, (0, 0));
     let run = s.committed_run().await;
     assert_faces_match(&s, &run).await;
+}
+
+/// The fault-hook steps of a grouping job, in order, and the consumer's last one.
+const CRASH_STEPS: [&str; 7] = [
+    "after_lease",
+    "after_clear_pending",
+    "after_put_run",
+    "after_commit",
+    "after_set_person_ids",
+    "after_put_latest",
+    "before_delete",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_step_then_a_rerun_ends_as_an_uninterrupted_run() {
+    let s = stack("crash", None).await;
+    // A gallery and a queue per run: the reference run and one per step, all at once.
+    let mut runs = Vec::new();
+    for (i, step) in std::iter::once(REFERENCE).chain(CRASH_STEPS).enumerate() {
+        let gallery = format!("crash-{i}");
+        for p in 0..3 {
+            s.add_faces_in(&gallery, p, 0, 4).await;
+        }
+        let (queue, _) = create_queue(&s.sqs, &format!("group-{i}"), 30, None).await;
+        s.send(&queue, json!({"gallery_id": gallery, "mode": "full"}))
+            .await;
+        runs.push((step, gallery, queue));
+    }
+    // Short visibility, so the reruns get the crashed jobs' messages back within seconds.
+    let timing = WorkerTiming {
+        visibility: 3,
+        heartbeat: 1,
+        idle_exit: 2,
+    };
+    let matrix: Vec<CrashRun> = runs
+        .iter()
+        .map(|(step, _, queue)| CrashRun {
+            step,
+            queue,
+            env: vec![],
+        })
+        .collect();
+    s.crash_then_rerun(worker_binary(), timing, &matrix, 8)
+        .await;
+
+    let reference = end_state(&s, &runs[0].1).await;
+    assert_eq!(
+        reference["persons"].as_array().map(Vec::len),
+        Some(3),
+        "{reference}"
+    );
+    for (step, gallery, queue) in &runs {
+        assert_eq!(end_state(&s, gallery).await, reference, "crash {step}");
+        assert_eq!(queue_counts(&s.sqs, queue).await, (0, 0), "crash {step}");
+    }
+}
+
+/// What a gallery ends with, with the gallery's own prefix taken off the face ids so galleries
+/// compare: the committed run's persons and unassigned faces, after checking that every face
+/// carries that run's person id and `latest.json` points at it.
+async fn end_state(s: &Stack, gallery: &str) -> Value {
+    let run = s.committed_run_in(gallery).await;
+    assert_faces_match_in(s, gallery, &run).await;
+    let latest = s.s3_json(&format!("groups/{gallery}/latest.json")).await;
+    assert_eq!(latest["run_id"], run["run_id"], "{gallery}: latest.json");
+    let prefix = format!("{gallery}/");
+    let strip = |ids: &Value| -> Vec<String> {
+        ids.as_array()
+            .expect("ids")
+            .iter()
+            .map(|f| {
+                let f = f.as_str().expect("face id");
+                f.strip_prefix(&prefix).unwrap_or(f).to_string()
+            })
+            .collect()
+    };
+    let persons: Vec<Value> = run["persons"]
+        .as_array()
+        .expect("persons")
+        .iter()
+        .map(|p| json!({"person_id": p["person_id"], "face_ids": strip(&p["face_ids"])}))
+        .collect();
+    json!({"persons": persons, "unassigned": strip(&run["unassigned"])})
 }

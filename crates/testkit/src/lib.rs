@@ -9,6 +9,8 @@
 //! - [`Rng`]: a seeded generator, so synthetic data is the same on every run.
 //! - `aws` feature: SDK configuration pointing at moto, SQS queue helpers; `tokio` feature:
 //!   [`wait_for`]. Off by default so the model tests (core, cli) do not build the AWS SDK.
+//! - `stack` feature: [`TestStack`], the servers, clients and bucket of a worker test, and
+//!   the command that starts a worker binary against them.
 //!
 //! Dev-only (`publish = false`, used only as a dev-dependency). It deliberately depends on no
 //! facegroup crate: a kit built on the crate under test would give that crate's tests a second
@@ -22,17 +24,21 @@ pub mod temp;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "stack")]
+pub mod stack;
 #[cfg(feature = "tokio")]
 mod wait;
 
 #[cfg(feature = "aws")]
 pub use aws::{create_queue, moto_loader, queue_counts, s3_json, sdk_config};
-pub use paths::{image_bytes, images_dir, models_dir, ort_dylib, repo_root};
+pub use paths::{image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
 pub use rng::{normalise, Rng};
 pub use server::{
     free_port, mongo_uri, start_mongo, start_mongo_on, start_moto, start_moto_with, worker_env,
     Server, ACCESS_KEY, REGION,
 };
+#[cfg(feature = "stack")]
+pub use stack::{CrashRun, TestStack, WorkerTiming, REFERENCE};
 pub use temp::TempDir;
 #[cfg(feature = "tokio")]
 pub use wait::{wait_exit, wait_for};

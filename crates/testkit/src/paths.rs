@@ -65,3 +65,31 @@ pub(crate) fn venv_bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// Runs the repo's `.venv` Python (boto3 and friends for set-up scripts) with `args` in the repo
+/// root, feeding it `stdin`; returns its stdout, or panics with its stderr when it fails.
+pub fn run_python(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(venv_bin("python"))
+        .current_dir(repo_root())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start .venv/bin/python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write python's stdin");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "python {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

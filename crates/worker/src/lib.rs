@@ -45,7 +45,7 @@ pub use error::{
     ErrorClass, JobError, StoreError, WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME,
     EXIT_UNEXPECTED,
 };
-pub use metrics::Metrics;
+pub use metrics::{now_ms, Metrics};
 pub use sqs::{Handler, JobReport, Message, Outcome};
 
 /// JSON log lines on stderr (CloudWatch Logs parses them); `RUST_LOG` filters, default `info`.

@@ -295,12 +295,7 @@ impl Handler for CommitsAfterSleep {
 async fn a_job_whose_message_is_gone_is_cancelled_before_its_commit() {
     let (_moto, sqs) = moto_sqs().await;
     let (queue, _) = create_queue(&sqs, "lost", 30, None).await;
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body("{}")
-        .send()
-        .await
-        .expect("send");
+    send(&sqs, &queue, "{}").await;
     let dir = TempDir::new("consumer");
     let started = Arc::new(AtomicUsize::new(0));
     let committed = Arc::new(AtomicUsize::new(0));
@@ -457,12 +452,7 @@ async fn an_outage_holds_messages_instead_of_dead_lettering_them() {
 async fn liveness_file_is_touched_while_every_slot_is_busy() {
     let (_moto, sqs) = moto_sqs().await;
     let (queue, _) = create_queue(&sqs, "busy", 30, None).await;
-    sqs.send_message()
-        .queue_url(&queue)
-        .message_body("{}")
-        .send()
-        .await
-        .expect("send");
+    send(&sqs, &queue, "{}").await;
     let dir = TempDir::new("consumer");
     let calls = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();

@@ -2,8 +2,6 @@
 //! a clear permanent failure (the object cannot be read by this role), not a temporary one that
 //! would be retried into the DLQ.
 
-use std::process::Command;
-
 use aws_sdk_s3::primitives::ByteStream;
 use facegroup_worker::s3::S3Store;
 use facegroup_worker::{ErrorClass, JobError, StoreError};
@@ -33,17 +31,8 @@ for user, actions in [("reader", ["s3:GetObject", "s3:ListBucket"]), ("lister", 
     out += [key["AccessKeyId"], key["SecretAccessKey"]]
 print(" ".join(out))
 "#;
-    let python = repo_root().join(".venv/bin/python");
-    let out = Command::new(python)
-        .args(["-c", script, &moto.endpoint()])
-        .output()
-        .expect("run boto3 set-up");
-    assert!(
-        out.status.success(),
-        "IAM set-up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf8");
+    let out = run_python(&["-c", script, &moto.endpoint()], b"");
+    let text = String::from_utf8(out).expect("utf8");
     let keys: Vec<String> = text.split_whitespace().map(str::to_string).collect();
     assert_eq!(keys.len(), 4, "{text}");
     (

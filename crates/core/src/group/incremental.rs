@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{dot, Cluster, FaceInput, FaceSet, GroupConfig, GroupError, Groups, Person};
+use super::{dot, FaceInput, FaceSet, GroupConfig, GroupError, Groups, Person};
 
 /// What incremental assignment needs to know of one person.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,28 +69,16 @@ pub fn summarise(
     cfg: &GroupConfig,
 ) -> Result<Vec<PersonSummary>, GroupError> {
     let set = FaceSet::new(faces, cfg)?;
-    let index: HashMap<&str, usize> = set
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let index = set.index();
     let image_of: HashMap<&str, &str> = faces
         .iter()
         .map(|f| (f.face_id.as_str(), f.image_id.as_str()))
         .collect();
     let mut out = Vec::with_capacity(groups.persons.len());
     for p in &groups.persons {
-        let all: Vec<usize> = p
-            .face_ids
-            .iter()
-            .filter_map(|id| index.get(id.as_str()).copied())
-            .collect();
-        if all.is_empty() {
+        let Some((all, c)) = set.seed_cluster(&index, &p.face_ids) else {
             continue;
-        }
-        let seeds: Vec<usize> = all.iter().copied().filter(|&i| set.seeds[i]).collect();
-        let c = Cluster::new(&set, if seeds.is_empty() { all.clone() } else { seeds });
+        };
         let mut image_ids: Vec<String> = all
             .iter()
             .filter_map(|&i| image_of.get(set.ids[i].as_str()))

@@ -84,6 +84,23 @@ pub struct Person {
     pub representative: String,
 }
 
+impl Person {
+    /// A person of the given faces (sorted here) shown by its first face: for persons made
+    /// outside the grouping (corrections, tests); the grouping picks the best seed face instead.
+    pub fn with_faces<S: Into<String>>(
+        person_id: impl Into<String>,
+        face_ids: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let mut face_ids: Vec<String> = face_ids.into_iter().map(Into::into).collect();
+        face_ids.sort_unstable();
+        Person {
+            person_id: person_id.into(),
+            representative: face_ids.first().cloned().unwrap_or_default(),
+            face_ids,
+        }
+    }
+}
+
 /// The result of grouping.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Groups {
@@ -236,28 +253,16 @@ pub fn assign_new_faces(
     cfg: &GroupConfig,
 ) -> Result<Groups, GroupError> {
     let set = FaceSet::new(faces, cfg)?;
-    let index: HashMap<&str, usize> = set
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let index = set.index();
     let mut persons: Vec<Cluster> = Vec::new();
     let mut held = vec![false; set.len()];
     for p in &previous.persons {
-        let all: Vec<usize> = p
-            .face_ids
-            .iter()
-            .filter_map(|id| index.get(id.as_str()).copied())
-            .collect();
-        if all.is_empty() {
+        let Some((all, mut c)) = set.seed_cluster(&index, &p.face_ids) else {
             continue;
-        }
+        };
         for &i in &all {
             held[i] = true;
         }
-        let seeds: Vec<usize> = all.iter().copied().filter(|&i| set.seeds[i]).collect();
-        let mut c = Cluster::new(&set, if seeds.is_empty() { all.clone() } else { seeds });
         let rest: Vec<usize> = all
             .iter()
             .copied()
@@ -290,6 +295,36 @@ struct FaceSet {
 }
 
 impl FaceSet {
+    /// Face id -> position in the set.
+    fn index(&self) -> HashMap<&str, usize> {
+        self.ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect()
+    }
+
+    /// A stored person's faces that are in the set, and the cluster of its seed faces (all of
+    /// them when it has no seed face: a person of low-quality faces still stands for them);
+    /// `None` when none of its faces is in the set.
+    fn seed_cluster(
+        &self,
+        index: &HashMap<&str, usize>,
+        face_ids: &[String],
+    ) -> Option<(Vec<usize>, Cluster)> {
+        let all: Vec<usize> = face_ids
+            .iter()
+            .filter_map(|id| index.get(id.as_str()).copied())
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        let seeds: Vec<usize> = all.iter().copied().filter(|&i| self.seeds[i]).collect();
+        let members = if seeds.is_empty() { all.clone() } else { seeds };
+        let cluster = Cluster::new(self, members);
+        Some((all, cluster))
+    }
+
     fn new(faces: &[FaceInput], cfg: &GroupConfig) -> Result<Self, GroupError> {
         let mut order: Vec<&FaceInput> = faces.iter().collect();
         order.sort_by(|a, b| a.face_id.cmp(&b.face_id));
