@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::output;
-use crate::store::{Store, DB_FILE};
+use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -30,15 +30,7 @@ pub enum Format {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    let db = args.out.join(DB_FILE);
-    // Opening creates a missing store; an export of nothing would hide a wrong --out.
-    anyhow::ensure!(
-        db.is_file(),
-        "{} not found: run `facegroup run PHOTOS --out {}` first",
-        db.display(),
-        args.out.display()
-    );
-    let store = Store::open(&args.out)?;
+    let store = Store::open_existing(&args.out)?;
     let body = |w: &mut dyn Write| -> Result<()> {
         let groups = store.groups()?;
         match args.format {

@@ -10,6 +10,7 @@ mod corrections;
 mod engine;
 mod eval;
 mod export;
+mod forget;
 mod grouping;
 mod output;
 mod report;
@@ -41,6 +42,8 @@ enum Command {
     Run(run::RunArgs),
     /// Write the store's faces (jsonl) or persons (json) in the files' shapes.
     Export(export::ExportArgs),
+    /// Delete a photo's or a person's face data from the library, for good.
+    Forget(forget::ForgetArgs),
     /// Correct persons: merge two, or name one.
     Person(corrections::PersonArgs),
     /// Correct faces: move one to a person, or take it out of one.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Export(args) => export::run(args),
+        Command::Forget(args) => forget::run(args),
         Command::Person(args) => corrections::person(args),
         Command::Face(args) => corrections::face(args),
         Command::Bench(args) => bench::run(args),

@@ -12,22 +12,12 @@ use facegroup_core::group::Groups;
 use facegroup_core::FaceRecord;
 
 use crate::output::crop_path;
-use crate::store::StoredImage;
-
-/// Facts about the run shown in the page header.
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    pub detector: String,
-    pub embedder: String,
-    /// The model version face ids are built with.
-    pub model_version: String,
-    pub seconds: f64,
-}
+use crate::store::{RunDetails, StoredImage};
 
 /// Writes `report.html` into `out_dir` from the stored images and grouping.
 pub fn write(
     out_dir: &Path,
-    info: &RunInfo,
+    info: &RunDetails,
     images: &[StoredImage],
     groups: Option<&Groups>,
     names: &HashMap<String, String>,
@@ -39,7 +29,7 @@ pub fn write(
 
 /// The whole page.
 pub fn render(
-    info: &RunInfo,
+    info: &RunDetails,
     images: &[StoredImage],
     groups: Option<&Groups>,
     names: &HashMap<String, String>,
@@ -111,7 +101,7 @@ fn render_groups(
 
 // `write!` into a `String` cannot fail, so its results are ignored throughout.
 
-fn render_summary(html: &mut String, info: &RunInfo, images: &[StoredImage]) {
+fn render_summary(html: &mut String, info: &RunDetails, images: &[StoredImage]) {
     let failed = images.iter().filter(|i| i.error.is_some()).count();
     let faces: usize = images.iter().map(|i| i.faces.len()).sum();
     let _ = write!(

@@ -346,6 +346,115 @@ fn corrections_are_stored_and_honoured_by_later_runs() {
 }
 
 #[test]
+fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_back() {
+    let photos = TempDir::new("forget-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("forget-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let db = out.path().join("facegroup.db");
+    let count = |sql: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&db).expect("open store");
+        conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+    };
+    let forget = |target: &str| -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+            .args(["forget", target, "--out", path_str(out.path())])
+            .output()
+            .expect("start facegroup");
+        assert_success(&output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let biden_traces = || {
+        count("SELECT count(*) FROM images WHERE path = 'biden.jpg'")
+            + count("SELECT count(*) FROM faces WHERE image_path = 'biden.jpg'")
+            + count("SELECT count(*) FROM person_faces WHERE face_id LIKE 'biden.jpg:%'")
+    };
+    assert_eq!(biden_traces(), 2, "stored before: one image, one face");
+
+    // A photo, named by the file itself: gone from the tables, the crops, exports and report.
+    let stdout = forget(path_str(&photos.path().join("biden.jpg")));
+    assert!(
+        stdout.contains("forgot photo biden.jpg: 1 face"),
+        "{stdout}"
+    );
+    assert_eq!(biden_traces(), 0);
+    assert_eq!(count("SELECT count(*) FROM forgotten_images"), 1);
+    assert!(!out.path().join("crops/biden.jpg.0.jpg").exists());
+    for file in ["faces.jsonl", "images.jsonl", "groups.json", "report.html"] {
+        let text = std::fs::read_to_string(out.path().join(file)).expect("export");
+        assert!(!text.contains("biden.jpg"), "{file} still names biden.jpg");
+    }
+    // Re-runs skip it, also after its mtime changed; forgetting it again changes nothing.
+    let stdout = run_ok(photos.path(), out.path(), &[]);
+    assert!(
+        stdout.contains("0 analysed, 3 unchanged") && stdout.contains("1 forgotten photos skipped"),
+        "{stdout}"
+    );
+    copy_test_image("biden.jpg", photos.path());
+    let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    assert!(stdout.contains("0 analysed, 3 unchanged"), "{stdout}");
+    assert_eq!(biden_traces(), 0);
+    let before = dump(&db);
+    assert!(forget("biden.jpg").contains("already forgotten"));
+    assert_eq!(dump(&db), before);
+
+    // A person, with its name: faces, crops, name and corrections go; its photos stay known.
+    let groups: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
+    )
+    .expect("JSON");
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person")
+        .to_string();
+    let fix = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "name",
+            &person,
+            "Barack",
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert_success(&fix);
+    let stdout = forget(&person);
+    assert!(stdout.contains("3 face(s)"), "{stdout}");
+    for table in [
+        "faces",
+        "persons",
+        "person_faces",
+        "person_names",
+        "corrections",
+    ] {
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
+    }
+    assert_eq!(count("SELECT count(*) FROM images"), 3);
+    assert_eq!(count("SELECT count(*) FROM forgotten_faces"), 3);
+    let crops: Vec<_> = std::fs::read_dir(out.path().join("crops"))
+        .expect("crops folder")
+        .collect();
+    assert!(crops.is_empty(), "crops left: {crops:?}");
+    let report = std::fs::read_to_string(out.path().join("report.html")).expect("report");
+    assert!(!report.contains("Barack") && !report.contains("obama.jpg:"));
+    let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    assert!(
+        stdout.contains("0 analysed") && stdout.contains(" 0 faces"),
+        "{stdout}"
+    );
+    let before = dump(&db);
+    assert!(forget(&person).contains("already forgotten"));
+    assert_eq!(dump(&db), before);
+}
+
+#[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
     copy_test_image("obama.jpg", photos.path());
@@ -415,6 +524,33 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 }
 
 // ---- helpers ----
+
+/// Every row of every table of a store but `runs` (which a command may append to), as text.
+fn dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('runs', 'sqlite_sequence') ORDER BY name")
+        .expect("list tables")
+        .query_map([], |r| r.get(0))
+        .expect("list tables")
+        .collect::<rusqlite::Result<_>>()
+        .expect("list tables");
+    let mut rows = Vec::new();
+    for table in tables {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .expect("select");
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).expect("query");
+        while let Some(row) = q.next().expect("row") {
+            let cells: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", row.get_ref(i).expect("cell")))
+                .collect();
+            rows.push(format!("{table}: {}", cells.join(" | ")));
+        }
+    }
+    rows
+}
 
 /// `facegroup run PHOTOS --out OUT EXTRA...`, which must succeed; returns its stdout.
 fn run_ok(photos: &Path, out: &Path, extra: &[&str]) -> String {
