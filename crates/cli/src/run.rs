@@ -100,7 +100,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         total: paths.len(),
     };
     let details = RunDetails {
-        photos_dir: args.photos_dir.display().to_string(),
+        // Absolute, so the report links the photos whatever folder a later command runs in.
+        photos_dir: std::fs::canonicalize(&args.photos_dir)
+            .unwrap_or_else(|_| args.photos_dir.clone())
+            .display()
+            .to_string(),
         detector: file_name(&cfg.pipeline.detector.model_path),
         embedder: file_name(&cfg.pipeline.embedder.model_path),
         model_version: model_version.clone(),

@@ -760,7 +760,7 @@ pub struct RunRecord {
 /// report again.
 #[derive(Debug, Clone, Default)]
 pub struct RunDetails {
-    /// The photo folder as given on the command line; the report links the photos there.
+    /// The photo folder (absolute when it could be resolved); the report links the photos there.
     pub photos_dir: String,
     /// Model file names and the version face ids are built with.
     pub detector: String,

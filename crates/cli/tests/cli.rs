@@ -62,16 +62,27 @@ fn run_writes_faces_images_crops_and_report() {
     assert_eq!(images[1]["status"], "ok");
     assert_eq!(images[1]["faces"], 1);
 
+    // Seven different people (t1.jpg's six can never merge): no person, all unassigned.
     let report = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
-    assert!(report.contains("bad.jpg"));
-    let (people, images_part) = report
-        .split_once("<h2>Images</h2>")
-        .expect("report has an Images section");
-    assert_eq!(images_part.matches("<img src=\"crops/").count(), 7);
-    // Seven different people (t1.jpg's six can never merge): all unassigned, listed last.
-    assert!(people.contains("People (0)"), "{people}");
-    assert_eq!(people.matches("<img src=\"crops/").count(), 7);
+    assert!(report.contains("People (0)"), "{report}");
+    assert!(report.contains("Unassigned faces (7)"), "{report}");
     assert!(!report.contains("http://") && !report.contains("https://"));
+    let page = |name: &str| {
+        std::fs::read_to_string(out.path().join("report").join(name))
+            .unwrap_or_else(|e| panic!("report/{name}: {e}"))
+    };
+    assert_eq!(
+        page("unassigned-1.html")
+            .matches("<img src=\"../crops/")
+            .count(),
+        7
+    );
+    let list = page("photos-1.html");
+    assert!(
+        list.contains("<li class=\"failed\"><b>bad.jpg</b>"),
+        "{list}"
+    );
+    assert_eq!(list.matches("<a href=\"photo-").count(), 2, "{list}");
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -382,7 +393,12 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
     assert_eq!(biden_traces(), 0);
     assert_eq!(count("SELECT count(*) FROM forgotten_images"), 1);
     assert!(!out.path().join("crops/biden.jpg.0.jpg").exists());
-    for file in ["faces.jsonl", "images.jsonl", "groups.json", "report.html"] {
+    for file in [
+        "faces.jsonl",
+        "images.jsonl",
+        "groups.json",
+        "report/photos-1.html",
+    ] {
         let text = std::fs::read_to_string(out.path().join(file)).expect("export");
         assert!(!text.contains("biden.jpg"), "{file} still names biden.jpg");
     }
@@ -443,7 +459,18 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
         .collect();
     assert!(crops.is_empty(), "crops left: {crops:?}");
     let report = std::fs::read_to_string(out.path().join("report.html")).expect("report");
-    assert!(!report.contains("Barack") && !report.contains("obama.jpg:"));
+    assert!(!report.contains("Barack") && report.contains("People (0)"));
+    let pages: Vec<String> = std::fs::read_dir(out.path().join("report"))
+        .expect("report folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.starts_with(&format!("{person}-"))
+                || p.starts_with(&format!("person-{person}"))),
+        "{pages:?}"
+    );
     let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
     assert!(
         stdout.contains("0 analysed") && stdout.contains(" 0 faces"),
