@@ -462,7 +462,7 @@ figure.bad .verdict { color: #b00; font-weight: bold; }
 ul.photos li { margin: .2em 0; overflow-wrap: anywhere; }
 li.failed { color: #b00; }
 .photo { position: relative; display: inline-block; max-width: 100%; }
-.photo img { display: block; max-width: 100%; height: auto; }
+.photo img { display: block; max-width: 100%; max-height: 85vh; width: auto; height: auto; }
 .box { position: absolute; border: 2px solid #fd0; box-sizing: border-box; }
 .box span { position: absolute; top: 100%; left: 0; background: #fd0; color: #000; font-size: 11px;
             padding: 0 2px; white-space: nowrap; }

@@ -482,6 +482,64 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
 }
 
 #[test]
+fn report_pages_render_in_headless_chromium_with_faces_and_boxes() {
+    let photos = TempDir::new("chromium-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("chromium-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let pages = out.path().join("report");
+
+    // The index lists the one person with its representative crop and face count.
+    let index = chromium_dom(out.path(), &out.path().join("report.html"));
+    let cards: Vec<&str> = index.split("<a class=\"person\" ").skip(1).collect();
+    assert_eq!(cards.len(), 1, "{index}");
+    assert!(cards[0].contains("3 face(s)"), "{}", cards[0]);
+    let crop = attr(cards[0], "<img src=\"");
+    assert!(out.path().join(crop).is_file(), "index image {crop}");
+    let person_href = attr(cards[0], "href=\"");
+    let person_file = person_href
+        .strip_prefix("report/")
+        .expect("page in report/");
+
+    // The person page shows its three faces, each crop on disk and linked to its photo.
+    let person = chromium_dom(out.path(), &pages.join(person_file));
+    let faces: Vec<&str> = person.split("<figure").skip(1).collect();
+    assert_eq!(faces.len(), 3, "{person}");
+    for face in &faces {
+        assert!(pages.join(attr(face, "<img src=\"")).is_file(), "{face}");
+    }
+    let photo_file = attr(faces[0], "<a href=\"");
+    assert!(photo_file.starts_with("photo-"), "{photo_file}");
+
+    // The photo page shows the photo with the face's box linked back to the person.
+    let photo = chromium_dom(out.path(), &pages.join(photo_file));
+    let boxes: Vec<&str> = photo.split("<a class=\"box\" ").skip(1).collect();
+    assert_eq!(boxes.len(), 1, "{photo}");
+    assert_eq!(attr(boxes[0], "href=\""), person_file);
+    let photo_src = attr(&photo, "<div class=\"photo\"><img src=\"");
+    assert!(pages.join(photo_src).is_file(), "photo {photo_src}");
+
+    // Rendered: the photo fills the page and the box's yellow border is drawn over it.
+    let shot = out.path().join("photo.png");
+    chromium(
+        out.path(),
+        &[
+            "--window-size=800,700",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &pages.join(photo_file),
+    );
+    let png = image::open(&shot).expect("screenshot").to_rgb8();
+    let count = |f: &dyn Fn(&image::Rgb<u8>) -> bool| png.pixels().filter(|p| f(p)).count();
+    let yellow = count(&|p| p[0] > 245 && (211..=231).contains(&p[1]) && p[2] < 15);
+    let dark = count(&|p| p[0] < 100 && p[1] < 100 && p[2] < 100);
+    assert!(yellow > 300, "box border pixels: {yellow}");
+    assert!(dark > 10_000, "photo pixels: {dark}");
+}
+
+#[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
     copy_test_image("obama.jpg", photos.path());
@@ -551,6 +609,53 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 }
 
 // ---- helpers ----
+
+/// Debian's headless Chromium on `page`, with a profile under `scratch` (installed by
+/// scripts/setup.sh; `--no-sandbox` because tests may run as root). Returns stdout.
+fn chromium(scratch: &Path, args: &[&str], page: &Path) -> String {
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.join("chromium").display()
+        ))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("start chromium (scripts/setup.sh installs it)");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The DOM Chromium builds from `page`.
+fn chromium_dom(scratch: &Path, page: &Path) -> String {
+    let dom = chromium(scratch, &["--dump-dom"], page);
+    assert!(
+        dom.contains("</html>"),
+        "no DOM for {}: {dom}",
+        page.display()
+    );
+    dom
+}
+
+/// The quoted value that follows `prefix` (which ends in the opening quote) in `html`.
+fn attr<'a>(html: &'a str, prefix: &str) -> &'a str {
+    let start = html
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix} in {html}"))
+        + prefix.len();
+    let len = html[start..].find('"').expect("closing quote");
+    &html[start..start + len]
+}
 
 /// Every row of every table of a store but `runs` (which a command may append to), as text.
 fn dump(db: &Path) -> Vec<String> {
