@@ -540,6 +540,68 @@ fn report_pages_render_in_headless_chromium_with_faces_and_boxes() {
 }
 
 #[test]
+fn find_ranks_the_person_and_photos_of_a_query_face() {
+    let photos = TempDir::new("find-photos");
+    for name in ["obama.jpg", "obama2.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("find-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let groups: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
+    )
+    .expect("JSON");
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person");
+    let named = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "name",
+            person,
+            "Barack",
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert_success(&named);
+
+    // obama3.jpg is not in the library; its face is Obama's.
+    let query = out.path().join("query.jpg");
+    write(&query, &image_bytes("obama3.jpg"));
+    let output = facegroup(&[
+        "find",
+        path_str(&query),
+        "--out",
+        path_str(out.path()),
+        "--json",
+    ])
+    .output()
+    .expect("start facegroup");
+    assert_success(&output);
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let faces = found.as_array().expect("one entry per query face");
+    assert_eq!(faces.len(), 1, "{found}");
+    let persons = faces[0]["persons"].as_array().expect("persons");
+    assert_eq!(persons.len(), 1, "{found}");
+    assert_eq!(persons[0]["person_id"], person);
+    assert_eq!(persons[0]["name"], "Barack");
+    let best = persons[0]["similarity"].as_f64().expect("similarity");
+    assert!((0.4..1.0).contains(&best), "similarity {best}");
+    let images: Vec<&str> = faces[0]["photos"]
+        .as_array()
+        .expect("photos")
+        .iter()
+        .filter_map(|p| p["image"].as_str())
+        .collect();
+    let mut sorted = images.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["obama.jpg", "obama2.jpg"], "Biden is not a match");
+    assert_eq!(faces[0]["photos"][0]["similarity"].as_f64(), Some(best));
+}
+
+#[test]
 fn missing_model_is_fatal_and_named() {
     let photos = TempDir::new("photos");
     copy_test_image("obama.jpg", photos.path());
