@@ -187,8 +187,8 @@ fn print_tables(matches: &[QueryFace], min: f32) {
             );
         }
         println!(
-            "  {:>4}  {:>10}  {:<41} {}",
-            "rank", "similarity", "photo", "person"
+            "  {:>4}  {:>10}  {:<41} person",
+            "rank", "similarity", "photo"
         );
         for (i, p) in q.photos.iter().enumerate() {
             println!(

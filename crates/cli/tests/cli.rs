@@ -290,6 +290,69 @@ fn export_writes_the_files_shapes_from_the_store() {
 }
 
 #[test]
+fn export_by_person_writes_a_folder_of_links_per_person() {
+    let photos = TempDir::new("byp-photos");
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new("byp-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_facegroup"))
+            .args(args)
+            .args(["--out", path_str(out.path())])
+            .output()
+            .expect("start facegroup")
+    };
+    let groups: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
+    )
+    .expect("JSON");
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person");
+    assert_success(&cli(&["person", "name", person, "Barack/Obama"]));
+
+    let dir = out.path().join("by-person");
+    let listing = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    for _ in 0..2 {
+        // The second export replaces the first.
+        assert_success(&cli(&["export", "--by-person", path_str(&dir)]));
+        assert_eq!(listing(&dir), ["Barack_Obama"]);
+        let folder = dir.join("Barack_Obama");
+        assert_eq!(listing(&folder), ["obama.jpg", "obama2.jpg", "obama3.jpg"]);
+        let link = std::fs::read_link(folder.join("obama2.jpg")).expect("a symbolic link");
+        assert_eq!(
+            std::fs::canonicalize(link).ok(),
+            std::fs::canonicalize(photos.path().join("obama2.jpg")).ok()
+        );
+    }
+
+    let copies = out.path().join("copies");
+    assert_success(&cli(&[
+        "export",
+        "--by-person",
+        path_str(&copies),
+        "--copy",
+    ]));
+    let copy = copies.join("Barack_Obama/obama.jpg");
+    assert!(!copy.is_symlink());
+    assert_eq!(std::fs::read(&copy).ok(), Some(image_bytes("obama.jpg")));
+    // A folder of other files is not overwritten.
+    let output = cli(&["export", "--by-person", path_str(photos.path())]);
+    assert!(!output.status.success());
+    assert_eq!(listing(photos.path()).len(), 4);
+}
+
+#[test]
 fn corrections_are_stored_and_honoured_by_later_runs() {
     let photos = TempDir::new("fix-photos");
     for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
