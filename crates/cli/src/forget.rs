@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::store::{content_hash, Forgotten, Store};
-use crate::{grouping, output, report};
+use crate::{grouping, output};
 
 #[derive(Debug, clap::Args)]
 pub struct ForgetArgs {
@@ -105,7 +105,11 @@ pub fn run(args: &ForgetArgs) -> Result<()> {
     for (image, index) in &forgotten.faces {
         output::remove_crop(&args.out, image, *index)?;
     }
-    refresh(&args.out, &store)
+    // The exports are written again only when a run wrote them (not under --no-export).
+    let exports = args.out.join(output::FACES_FILE).exists();
+    let details = store.last_run()?.unwrap_or_default();
+    output::write_outputs(&args.out, &store, &details, exports, true)?;
+    Ok(())
 }
 
 /// The stored or forgotten photo names `target` stands for: the name itself when the store
@@ -141,21 +145,4 @@ fn photo_names(store: &Store, target: &str) -> Result<Vec<String>> {
         bail!("{target}: no photo with this content is in the library");
     }
     Ok(names)
-}
-
-/// Writes the exports (when a run wrote them) and the report again from the store.
-fn refresh(out: &Path, store: &Store) -> Result<()> {
-    let images = store.images()?;
-    let groups = store.groups()?;
-    if out.join(output::FACES_FILE).exists() {
-        output::write_exports(out, &images, groups.as_ref())?;
-    }
-    let details = store.last_run()?.unwrap_or_default();
-    report::write(
-        out,
-        &details,
-        &images,
-        groups.as_ref(),
-        &store.person_names()?,
-    )
 }

@@ -19,7 +19,8 @@ use facegroup_core::group::Groups;
 use facegroup_core::{Face, FaceRecord};
 use serde::Serialize;
 
-use crate::store::StoredImage;
+use crate::report;
+use crate::store::{RunDetails, Store, StoredImage};
 
 /// The exports' file names in the output folder.
 pub const FACES_FILE: &str = "faces.jsonl";
@@ -66,6 +67,30 @@ pub fn write_exports(
         write_file(&out_dir.join(GROUPS_FILE), |w| write_groups(w, groups))?;
     }
     Ok(())
+}
+
+/// Writes the exports (when `exports`) and the report from the store, with the stored grouping
+/// unless `grouped` is false: how `run` ends and what `forget` redoes. Returns what it wrote.
+pub fn write_outputs(
+    out_dir: &Path,
+    store: &Store,
+    details: &RunDetails,
+    exports: bool,
+    grouped: bool,
+) -> Result<(Vec<StoredImage>, Option<Groups>)> {
+    let images = store.images()?;
+    let groups = if grouped { store.groups()? } else { None };
+    if exports {
+        write_exports(out_dir, &images, groups.as_ref())?;
+    }
+    report::write(
+        out_dir,
+        details,
+        &images,
+        groups.as_ref(),
+        &store.person_names()?,
+    )?;
+    Ok((images, groups))
 }
 
 /// `faces.jsonl`: one line per face, in image then index order.

@@ -22,7 +22,7 @@ use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
 use crate::grouping::{self, Change};
 use crate::store::{content_hash, Analysed, FileState, RunDetails, RunRecord, Store, Tombstone};
-use crate::{corrections, output, report};
+use crate::{corrections, output};
 use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
@@ -137,19 +137,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     )?;
     drop(faces);
 
-    let images = store.images()?;
-    let groups = if args.no_group { None } else { store.groups()? };
-    if !args.no_export {
-        output::write_exports(out, &images, groups.as_ref())?;
-    }
+    let (images, groups) =
+        output::write_outputs(out, &store, &details, !args.no_export, !args.no_group)?;
     let seconds = start.elapsed().as_secs_f64();
-    report::write(
-        out,
-        &details,
-        &images,
-        groups.as_ref(),
-        &store.person_names()?,
-    )?;
     print_summary(&plan, &images, groups.as_ref(), seconds, out);
     Ok(())
 }
@@ -187,68 +177,80 @@ fn plan(root: &Path, paths: &[PathBuf], store: &Store, model_version: &str) -> R
     };
     for path in paths {
         let name = relative_name(root, path);
+        let analyse = ToAnalyse {
+            path: path.clone(),
+            name: name.clone(),
+        };
         if let Some(tomb) = forgotten.get(&name) {
             // Skipped while the content is the forgotten one; a changed file is a new photo
             // (its analysis replaces the tombstone, see `Store::commit_batch`).
-            let (size, mtime_ns) = file_stat(path);
-            if (size, mtime_ns) == (tomb.size, tomb.mtime_ns) {
-                plan.forgotten += 1;
-                continue;
-            }
-            let hash = std::fs::read(path).ok().map(|b| content_hash(&b));
-            if hash.as_deref() == Some(tomb.hash.as_str()) {
-                plan.forgotten += 1;
-                plan.touched_forgotten.push((
-                    name,
-                    Tombstone {
+            match compare(path, tomb.size, tomb.mtime_ns, &tomb.hash) {
+                Seen::Same => plan.forgotten += 1,
+                Seen::Touched { size, mtime_ns } => {
+                    plan.forgotten += 1;
+                    let hash = tomb.hash.clone();
+                    let tomb = Tombstone {
                         size,
                         mtime_ns,
-                        hash: tomb.hash.clone(),
-                    },
-                ));
-            } else {
-                plan.analyse.push(ToAnalyse {
-                    path: path.clone(),
-                    name,
-                });
+                        hash,
+                    };
+                    plan.touched_forgotten.push((name, tomb));
+                }
+                Seen::Changed => plan.analyse.push(analyse),
             }
             continue;
         }
         let known = stored.remove(&name);
-        let state = known.filter(|k| k.model_version == model_version);
-        let Some(known) = state else {
-            plan.analyse.push(ToAnalyse {
-                path: path.clone(),
-                name,
-            });
+        let Some(known) = known.filter(|k| k.model_version == model_version) else {
+            plan.analyse.push(analyse);
             continue;
         };
-        let (size, mtime_ns) = file_stat(path);
-        if (size, mtime_ns) == (known.size, known.mtime_ns) {
-            plan.unchanged += 1;
-            continue;
-        }
-        let hash = std::fs::read(path).ok().map(|b| content_hash(&b));
-        if hash.as_deref() == Some(known.hash.as_str()) {
-            plan.unchanged += 1;
-            plan.touched.push((
-                name,
-                FileState {
+        match compare(path, known.size, known.mtime_ns, &known.hash) {
+            Seen::Same => plan.unchanged += 1,
+            Seen::Touched { size, mtime_ns } => {
+                plan.unchanged += 1;
+                let state = FileState {
                     size,
                     mtime_ns,
                     ..known
-                },
-            ));
-        } else {
-            plan.analyse.push(ToAnalyse {
-                path: path.clone(),
-                name,
-            });
+                };
+                plan.touched.push((name, state));
+            }
+            Seen::Changed => plan.analyse.push(analyse),
         }
     }
     plan.removed = stored.into_keys().collect();
     plan.removed.sort();
     Ok(plan)
+}
+
+/// How a file compares with a stored size, mtime and content hash.
+enum Seen {
+    Same,
+    /// Same content, new size or mtime.
+    Touched {
+        size: u64,
+        mtime_ns: i64,
+    },
+    Changed,
+}
+
+/// Size and mtime first; the content hash only decides on a mismatch, so an unchanged
+/// library is not read again.
+fn compare(path: &Path, size: u64, mtime_ns: i64, hash: &str) -> Seen {
+    let (now_size, now_mtime) = file_stat(path);
+    if (now_size, now_mtime) == (size, mtime_ns) {
+        return Seen::Same;
+    }
+    let now_hash = std::fs::read(path).ok().map(|b| content_hash(&b));
+    if now_hash.as_deref() == Some(hash) {
+        Seen::Touched {
+            size: now_size,
+            mtime_ns: now_mtime,
+        }
+    } else {
+        Seen::Changed
+    }
 }
 
 /// Analyses the photos batch by batch, committing each batch in one transaction.

@@ -291,27 +291,15 @@ fn export_writes_the_files_shapes_from_the_store() {
 
 #[test]
 fn export_by_person_writes_a_folder_of_links_per_person() {
-    let photos = TempDir::new("byp-photos");
-    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
-        copy_test_image(name, photos.path());
-    }
-    let out = TempDir::new("byp-out");
-    run_ok(photos.path(), out.path(), &[]);
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_facegroup"))
-            .args(args)
-            .args(["--out", path_str(out.path())])
-            .output()
-            .expect("start facegroup")
-    };
-    let groups: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
-    )
-    .expect("JSON");
+    let (photos, out) = library(
+        "byp",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
+    let groups = read_groups(out.path());
     let person = groups["persons"][0]["person_id"]
         .as_str()
         .expect("one person");
-    assert_success(&cli(&["person", "name", person, "Barack/Obama"]));
+    on_store(out.path(), &["person", "name", person, "Barack/Obama"]);
 
     let dir = out.path().join("by-person");
     let listing = |d: &Path| -> Vec<String> {
@@ -325,7 +313,7 @@ fn export_by_person_writes_a_folder_of_links_per_person() {
     };
     for _ in 0..2 {
         // The second export replaces the first.
-        assert_success(&cli(&["export", "--by-person", path_str(&dir)]));
+        on_store(out.path(), &["export", "--by-person", path_str(&dir)]);
         assert_eq!(listing(&dir), ["Barack_Obama"]);
         let folder = dir.join("Barack_Obama");
         assert_eq!(listing(&folder), ["obama.jpg", "obama2.jpg", "obama3.jpg"]);
@@ -337,17 +325,19 @@ fn export_by_person_writes_a_folder_of_links_per_person() {
     }
 
     let copies = out.path().join("copies");
-    assert_success(&cli(&[
-        "export",
-        "--by-person",
-        path_str(&copies),
-        "--copy",
-    ]));
+    on_store(
+        out.path(),
+        &["export", "--by-person", path_str(&copies), "--copy"],
+    );
     let copy = copies.join("Barack_Obama/obama.jpg");
     assert!(!copy.is_symlink());
     assert_eq!(std::fs::read(&copy).ok(), Some(image_bytes("obama.jpg")));
     // A folder of other files is not overwritten.
-    let output = cli(&["export", "--by-person", path_str(photos.path())]);
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args(["export", "--by-person", path_str(photos.path())])
+        .args(["--out", path_str(out.path())])
+        .output()
+        .expect("start facegroup");
     assert!(!output.status.success());
     assert_eq!(listing(photos.path()).len(), 4);
 }
@@ -421,25 +411,16 @@ fn corrections_are_stored_and_honoured_by_later_runs() {
 
 #[test]
 fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_back() {
-    let photos = TempDir::new("forget-photos");
-    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
-        copy_test_image(name, photos.path());
-    }
-    let out = TempDir::new("forget-out");
-    run_ok(photos.path(), out.path(), &[]);
+    let (photos, out) = library(
+        "forget",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
     let db = out.path().join("facegroup.db");
     let count = |sql: &str| -> i64 {
         let conn = rusqlite::Connection::open(&db).expect("open store");
         conn.query_row(sql, [], |r| r.get(0)).expect(sql)
     };
-    let forget = |target: &str| -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
-            .args(["forget", target, "--out", path_str(out.path())])
-            .output()
-            .expect("start facegroup");
-        assert_success(&output);
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let forget = |target: &str| on_store(out.path(), &["forget", target]);
     let biden_traces = || {
         count("SELECT count(*) FROM images WHERE path = 'biden.jpg'")
             + count("SELECT count(*) FROM faces WHERE image_path = 'biden.jpg'")
@@ -480,10 +461,7 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
     assert_eq!(dump(&db), before);
 
     // A person, with its name: faces, crops, name and corrections go; its photos stay known.
-    let groups: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
-    )
-    .expect("JSON");
+    let groups = read_groups(out.path());
     let person = groups["persons"][0]["person_id"]
         .as_str()
         .expect("one person")
@@ -546,12 +524,10 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
 
 #[test]
 fn report_pages_render_in_headless_chromium_with_faces_and_boxes() {
-    let photos = TempDir::new("chromium-photos");
-    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
-        copy_test_image(name, photos.path());
-    }
-    let out = TempDir::new("chromium-out");
-    run_ok(photos.path(), out.path(), &[]);
+    let (_photos, out) = library(
+        "chromium",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
     let pages = out.path().join("report");
 
     // The index lists the one person with its representative crop and face count.
@@ -604,16 +580,8 @@ fn report_pages_render_in_headless_chromium_with_faces_and_boxes() {
 
 #[test]
 fn find_ranks_the_person_and_photos_of_a_query_face() {
-    let photos = TempDir::new("find-photos");
-    for name in ["obama.jpg", "obama2.jpg", "biden.jpg"] {
-        copy_test_image(name, photos.path());
-    }
-    let out = TempDir::new("find-out");
-    run_ok(photos.path(), out.path(), &[]);
-    let groups: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("groups.json")).expect("groups.json"),
-    )
-    .expect("JSON");
+    let (_photos, out) = library("find", &["obama.jpg", "obama2.jpg", "biden.jpg"]);
+    let groups = read_groups(out.path());
     let person = groups["persons"][0]["person_id"]
         .as_str()
         .expect("one person");
@@ -734,6 +702,34 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 }
 
 // ---- helpers ----
+
+/// A folder of the named test photos and the output folder of one `facegroup run` over it.
+fn library(label: &str, names: &[&str]) -> (TempDir, TempDir) {
+    let photos = TempDir::new(&format!("{label}-photos"));
+    for name in names {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new(&format!("{label}-out"));
+    run_ok(photos.path(), out.path(), &[]);
+    (photos, out)
+}
+
+/// `facegroup ARGS --out OUT` for a command on the store alone (no models), which must
+/// succeed; returns its stdout.
+fn on_store(out: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args(args)
+        .args(["--out", path_str(out)])
+        .output()
+        .expect("start facegroup");
+    assert_success(&output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn read_groups(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("groups.json")).expect("groups.json");
+    serde_json::from_str(&text).expect("groups.json is JSON")
+}
 
 /// Debian's headless Chromium on `page`, with a profile under `scratch` (installed by
 /// scripts/setup.sh; `--no-sandbox` because tests may run as root). Returns stdout.
