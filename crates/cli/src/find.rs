@@ -172,10 +172,14 @@ fn print_tables(matches: &[QueryFace], min: f32) {
             println!("  no match at similarity >= {min:.2}");
             continue;
         }
-        println!(
-            "  {:>4}  {:>10}  {:<20} {:<20} {:>6}",
-            "rank", "similarity", "person", "name", "faces"
-        );
+        if q.persons.is_empty() {
+            println!("  no person at similarity >= {min:.2} (only unassigned faces match)");
+        } else {
+            println!(
+                "  {:>4}  {:>10}  {:<20} {:<20} {:>6}",
+                "rank", "similarity", "person", "name", "faces"
+            );
+        }
         for (i, p) in q.persons.iter().enumerate() {
             println!(
                 "  {:>4}  {:>10.3}  {:<20} {:<20} {:>6}",

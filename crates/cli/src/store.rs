@@ -1030,6 +1030,42 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = facegroup_testkit::TempDir::new("store-v1");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(SCHEMA).expect("version 1 tables");
+            conn.execute(
+                "INSERT INTO runs (finished_ms, analysed, unchanged, removed) VALUES (1, 0, 0, 0)",
+                [],
+            )
+            .expect("a run");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+        }
+        let store = Store::open(dir.path()).expect("upgraded");
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(store.forgotten_images().expect("tombstones").is_empty());
+        let last = store.last_run().expect("runs").expect("the old run");
+        assert_eq!(last.photos_dir, "");
+        drop(store);
+        // Opening again leaves it as it is.
+        assert!(Store::open(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn forgotten_boxes_match_the_same_face_only() {
+        let face = [100.0, 100.0, 200.0, 220.0];
+        assert!(same_face(&face, &[105.0, 98.0, 203.0, 215.0]));
+        assert!(!same_face(&face, &[180.0, 100.0, 280.0, 220.0]));
+        assert!(!same_face(&face, &[400.0, 400.0, 500.0, 520.0]));
+    }
+
+    #[test]
     fn hash_is_sha256_hex() {
         assert_eq!(
             content_hash(b"abc"),
