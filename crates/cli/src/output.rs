@@ -19,7 +19,8 @@ use facegroup_core::group::Groups;
 use facegroup_core::{Face, FaceRecord};
 use serde::Serialize;
 
-use crate::store::StoredImage;
+use crate::report;
+use crate::store::{RunDetails, Store, StoredImage};
 
 /// The exports' file names in the output folder.
 pub const FACES_FILE: &str = "faces.jsonl";
@@ -66,6 +67,30 @@ pub fn write_exports(
         write_file(&out_dir.join(GROUPS_FILE), |w| write_groups(w, groups))?;
     }
     Ok(())
+}
+
+/// Writes the exports (when `exports`) and the report from the store, with the stored grouping
+/// unless `grouped` is false: how `run` ends and what `forget` redoes. Returns what it wrote.
+pub fn write_outputs(
+    out_dir: &Path,
+    store: &Store,
+    details: &RunDetails,
+    exports: bool,
+    grouped: bool,
+) -> Result<(Vec<StoredImage>, Option<Groups>)> {
+    let images = store.images()?;
+    let groups = if grouped { store.groups()? } else { None };
+    if exports {
+        write_exports(out_dir, &images, groups.as_ref())?;
+    }
+    report::write(
+        out_dir,
+        details,
+        &images,
+        groups.as_ref(),
+        &store.person_names()?,
+    )?;
+    Ok((images, groups))
 }
 
 /// `faces.jsonl`: one line per face, in image then index order.
@@ -127,17 +152,41 @@ pub fn person_of(groups: Option<&Groups>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Removes the crops of an image (faces are numbered from 0 without gaps).
+/// Removes every crop of an image. The crops' folder is listed rather than the indices counted
+/// from 0: forgetting a person leaves gaps in a photo's face indices.
 pub fn remove_crops(out_dir: &Path, image: &str) -> Result<()> {
-    for index in 0.. {
-        let path = out_dir.join(crop_path(image, index));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    let first = out_dir.join(crop_path(image, 0));
+    let (Some(dir), Some(base)) = (first.parent(), Path::new(image).file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.", base.to_string_lossy());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let index = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".jpg"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(index) = index {
+            remove_crop(out_dir, image, index)?;
         }
     }
     Ok(())
+}
+
+/// Removes one face's crop; a crop already gone is fine.
+pub fn remove_crop(out_dir: &Path, image: &str, index: u32) -> Result<()> {
+    let path = out_dir.join(crop_path(image, index as usize));
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 /// A line of `faces.jsonl`: the stored face record plus where its crop is and its person.

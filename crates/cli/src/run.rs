@@ -5,7 +5,8 @@
 //! mtime match are kept; on a size or mtime mismatch the content hash decides (a touched but
 //! identical file is not analysed again); new and changed photos are analysed in batches, each
 //! batch committed in one transaction; photos gone from the folder are forgotten with their
-//! faces and crops. Only then does grouping run ([`crate::grouping`]), so a run killed during
+//! faces and crops; photos the user forgot (`facegroup forget`) are skipped while their content
+//! is the one forgotten. Only then does grouping run ([`crate::grouping`]), so a run killed during
 //! analysis leaves the previous grouping and the committed batches, and the next run carries on.
 
 use std::collections::{HashMap, HashSet};
@@ -20,8 +21,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::args::EngineArgs;
 use crate::engine::{find_images, relative_name, Engine, ImageResult};
 use crate::grouping::{self, Change};
-use crate::store::{content_hash, Analysed, FileState, RunRecord, Store};
-use crate::{corrections, output, report};
+use crate::store::{content_hash, Analysed, FileState, RunDetails, RunRecord, Store, Tombstone};
+use crate::{corrections, output};
 use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +76,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     store.forget(&plan.removed)?;
     store.touch(&plan.touched)?;
+    store.touch_forgotten(&plan.touched_forgotten)?;
     let analysed = plan.analyse.len();
     if analysed > 0 {
         // Models only when there is work: an unchanged re-run needs none.
@@ -97,6 +99,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         removed: plan.removed.len(),
         total: paths.len(),
     };
+    let details = RunDetails {
+        // Absolute, so the report links the photos whatever folder a later command runs in.
+        photos_dir: std::fs::canonicalize(&args.photos_dir)
+            .unwrap_or_else(|_| args.photos_dir.clone())
+            .display()
+            .to_string(),
+        detector: file_name(&cfg.pipeline.detector.model_path),
+        embedder: file_name(&cfg.pipeline.embedder.model_path),
+        model_version: model_version.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+    };
     let mode = if args.no_group {
         None
     } else {
@@ -118,24 +131,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
             unchanged: plan.unchanged,
             removed: plan.removed.len(),
             group_mode: groups.as_ref().map(|(_, m)| m.as_str()),
+            details: details.clone(),
         },
         groups.as_ref().map(|(g, _)| g),
     )?;
     drop(faces);
 
-    let images = store.images()?;
-    let groups = if args.no_group { None } else { store.groups()? };
-    if !args.no_export {
-        output::write_exports(out, &images, groups.as_ref())?;
-    }
+    let (images, groups) =
+        output::write_outputs(out, &store, &details, !args.no_export, !args.no_group)?;
     let seconds = start.elapsed().as_secs_f64();
-    let info = report::RunInfo {
-        detector: file_name(&cfg.pipeline.detector.model_path),
-        embedder: file_name(&cfg.pipeline.embedder.model_path),
-        model_version,
-        seconds,
-    };
-    report::write(out, &info, &images, groups.as_ref(), &store.person_names()?)?;
     print_summary(&plan, &images, groups.as_ref(), seconds, out);
     Ok(())
 }
@@ -154,53 +158,99 @@ struct Plan {
     unchanged: usize,
     /// Stored photos no longer in the folder.
     removed: Vec<String>,
+    /// Forgotten photos still in the folder with the forgotten content: skipped.
+    forgotten: usize,
+    /// Of those, the ones with a new size or mtime.
+    touched_forgotten: Vec<(String, Tombstone)>,
 }
 
 fn plan(root: &Path, paths: &[PathBuf], store: &Store, model_version: &str) -> Result<Plan> {
     let mut stored = store.file_states()?;
+    let forgotten = store.forgotten_images()?;
     let mut plan = Plan {
         analyse: Vec::new(),
         touched: Vec::new(),
         unchanged: 0,
         removed: Vec::new(),
+        forgotten: 0,
+        touched_forgotten: Vec::new(),
     };
     for path in paths {
         let name = relative_name(root, path);
-        let known = stored.remove(&name);
-        let state = known.filter(|k| k.model_version == model_version);
-        let Some(known) = state else {
-            plan.analyse.push(ToAnalyse {
-                path: path.clone(),
-                name,
-            });
-            continue;
+        let analyse = ToAnalyse {
+            path: path.clone(),
+            name: name.clone(),
         };
-        let (size, mtime_ns) = file_stat(path);
-        if (size, mtime_ns) == (known.size, known.mtime_ns) {
-            plan.unchanged += 1;
+        if let Some(tomb) = forgotten.get(&name) {
+            // Skipped while the content is the forgotten one; a changed file is a new photo
+            // (its analysis replaces the tombstone, see `Store::commit_batch`).
+            match compare(path, tomb.size, tomb.mtime_ns, &tomb.hash) {
+                Seen::Same => plan.forgotten += 1,
+                Seen::Touched { size, mtime_ns } => {
+                    plan.forgotten += 1;
+                    let hash = tomb.hash.clone();
+                    let tomb = Tombstone {
+                        size,
+                        mtime_ns,
+                        hash,
+                    };
+                    plan.touched_forgotten.push((name, tomb));
+                }
+                Seen::Changed => plan.analyse.push(analyse),
+            }
             continue;
         }
-        let hash = std::fs::read(path).ok().map(|b| content_hash(&b));
-        if hash.as_deref() == Some(known.hash.as_str()) {
-            plan.unchanged += 1;
-            plan.touched.push((
-                name,
-                FileState {
+        let known = stored.remove(&name);
+        let Some(known) = known.filter(|k| k.model_version == model_version) else {
+            plan.analyse.push(analyse);
+            continue;
+        };
+        match compare(path, known.size, known.mtime_ns, &known.hash) {
+            Seen::Same => plan.unchanged += 1,
+            Seen::Touched { size, mtime_ns } => {
+                plan.unchanged += 1;
+                let state = FileState {
                     size,
                     mtime_ns,
                     ..known
-                },
-            ));
-        } else {
-            plan.analyse.push(ToAnalyse {
-                path: path.clone(),
-                name,
-            });
+                };
+                plan.touched.push((name, state));
+            }
+            Seen::Changed => plan.analyse.push(analyse),
         }
     }
     plan.removed = stored.into_keys().collect();
     plan.removed.sort();
     Ok(plan)
+}
+
+/// How a file compares with a stored size, mtime and content hash.
+enum Seen {
+    Same,
+    /// Same content, new size or mtime.
+    Touched {
+        size: u64,
+        mtime_ns: i64,
+    },
+    Changed,
+}
+
+/// Size and mtime first; the content hash only decides on a mismatch, so an unchanged
+/// library is not read again.
+fn compare(path: &Path, size: u64, mtime_ns: i64, hash: &str) -> Seen {
+    let (now_size, now_mtime) = file_stat(path);
+    if (now_size, now_mtime) == (size, mtime_ns) {
+        return Seen::Same;
+    }
+    let now_hash = std::fs::read(path).ok().map(|b| content_hash(&b));
+    if now_hash.as_deref() == Some(hash) {
+        Seen::Touched {
+            size: now_size,
+            mtime_ns: now_mtime,
+        }
+    } else {
+        Seen::Changed
+    }
 }
 
 /// Analyses the photos batch by batch, committing each batch in one transaction.
@@ -242,7 +292,9 @@ fn analyse(
             .zip(results)
             .map(|(t, r)| to_analysed(t, r, model_version))
             .collect();
-        store.commit_batch(&analysed)?;
+        for (name, index) in store.commit_batch(&analysed)? {
+            output::remove_crop(out, &name, index)?;
+        }
         if stop_after == Some(n + 1) {
             eprintln!(
                 "test hook: committed {} batches, waiting to be killed",
@@ -357,8 +409,13 @@ fn print_summary(
             g.unassigned.len()
         )
     });
+    let forgotten = if plan.forgotten > 0 {
+        format!(" ({} forgotten photos skipped)", plan.forgotten)
+    } else {
+        String::new()
+    };
     println!(
-        "{} analysed, {} unchanged, {} removed; {} images ok, {failed} failed, {faces} faces{persons} in {seconds:.2} s; output in {}",
+        "{} analysed, {} unchanged, {} removed; {} images ok, {failed} failed, {faces} faces{persons} in {seconds:.2} s{forgotten}; output in {}",
         plan.analyse.len(),
         plan.unchanged,
         plan.removed.len(),

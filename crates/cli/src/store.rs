@@ -9,7 +9,11 @@
 //! - `persons` / `person_faces`: the current grouping, in the order `facegroup_core::group`
 //!   returned it, so it can be handed back as the previous grouping of the next run;
 //! - `runs`: one row per finished run (what was analysed, kept, forgotten, how it was grouped);
-//! - `corrections` / `person_names`: the user's merges, moves, not-this-person and names.
+//! - `corrections` / `person_names`: the user's merges, moves, not-this-person and names;
+//! - `forgotten_images` / `forgotten_faces` / `forgotten_persons`: tombstones of what the user
+//!   asked to forget ([`crate::forget`]): a photo's path, size, mtime and content hash, a
+//!   forgotten face's photo, hash and box, a person's id. They hold no face data (no crop, no
+//!   embedding, no keypoints), only what is needed to keep later runs from bringing it back.
 //!
 //! Crash safety comes from transactions: the analysis of a batch of photos (their image rows
 //! and all their faces) is committed at once, and a grouping replaces the persons in one
@@ -29,7 +33,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 pub const DB_FILE: &str = "facegroup.db";
 
 /// Bumped whenever the tables change; a store of another version is refused, not guessed at.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 1 stores (no tombstones, no run details) are upgraded in place.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Store failures, each naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,8 @@ pub enum StoreError {
     },
     #[error("{path} has schema version {found}, this facegroup reads version {SCHEMA_VERSION} (use another --out folder)")]
     Version { path: String, found: i64 },
+    #[error("{path} not found: run `facegroup run PHOTOS --out OUT` first")]
+    Missing { path: String },
     #[error("corrupt {what} in the store: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }
@@ -113,12 +120,14 @@ impl Store {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .ctx("reading the schema version")?;
+        let upgrade = |sql: &str| {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+        };
         match version {
-            0 => {
-                conn.execute_batch(SCHEMA).ctx("creating the tables")?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .ctx("writing the schema version")?;
-            }
+            0 => upgrade(&format!("{SCHEMA}{SCHEMA_2}")).ctx("creating the tables")?,
+            1 => upgrade(SCHEMA_2).ctx("upgrading the store to version 2")?,
             SCHEMA_VERSION => {}
             found => {
                 return Err(StoreError::Version {
@@ -128,6 +137,18 @@ impl Store {
             }
         }
         Ok(Self { conn })
+    }
+
+    /// Opens the store of an earlier run; unlike [`Store::open`] a missing store is an error,
+    /// since the commands that only read or correct it would otherwise hide a wrong `--out`.
+    pub fn open_existing(out_dir: &Path) -> Result<Self> {
+        let path = out_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Self::open(out_dir)
     }
 
     /// The file state of every stored photo, by relative name.
@@ -182,12 +203,16 @@ impl Store {
     }
 
     /// Stores a batch of analysed photos in one transaction, replacing what was stored of them.
-    pub fn commit_batch(&mut self, batch: &[Analysed]) -> Result<()> {
+    /// Faces the user forgot (same photo content, overlapping box) are left out; their
+    /// `(photo, face index)` are returned so the caller can delete the crops it wrote.
+    pub fn commit_batch(&mut self, batch: &[Analysed]) -> Result<Vec<(String, u32)>> {
         let tx = self.conn.transaction().ctx("starting a transaction")?;
+        let mut suppressed = Vec::new();
         for image in batch {
-            insert_image(&tx, image)?;
+            suppressed.extend(insert_image(&tx, image)?);
         }
-        tx.commit().ctx("committing a batch")
+        tx.commit().ctx("committing a batch")?;
+        Ok(suppressed)
     }
 
     /// Every stored photo with its faces, sorted by name.
@@ -317,14 +342,20 @@ impl Store {
             replace_groups(&tx, groups)?;
         }
         tx.execute(
-            "INSERT INTO runs (finished_ms, analysed, unchanged, removed, group_mode) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO runs (finished_ms, analysed, unchanged, removed, group_mode, photos_dir, \
+             detector, embedder, model_version, seconds) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 run.finished_ms,
                 run.analysed as i64,
                 run.unchanged as i64,
                 run.removed as i64,
-                run.group_mode
+                run.group_mode,
+                run.details.photos_dir,
+                run.details.detector,
+                run.details.embedder,
+                run.details.model_version,
+                run.details.seconds
             ],
         )
         .ctx("recording the run")?;
@@ -414,6 +445,262 @@ impl Store {
     }
 }
 
+/// A photo's tombstone: what identifies the file, nothing of its faces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Hex SHA-256 of the content that was forgotten.
+    pub hash: String,
+}
+
+/// What [`Store::forget_image`] and [`Store::forget_person`] removed.
+#[derive(Debug, Default)]
+pub struct Forgotten {
+    /// `(photo, face index)` of every face deleted, for its crop.
+    pub faces: Vec<(String, u32)>,
+}
+
+impl Store {
+    /// The details of the last finished run, `None` before the first.
+    pub fn last_run(&self) -> Result<Option<RunDetails>> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(photos_dir, ''), COALESCE(detector, ''), COALESCE(embedder, ''), \
+                 COALESCE(model_version, ''), COALESCE(seconds, 0) FROM runs \
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RunDetails {
+                        photos_dir: r.get(0)?,
+                        detector: r.get(1)?,
+                        embedder: r.get(2)?,
+                        model_version: r.get(3)?,
+                        seconds: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .ctx("reading runs")
+    }
+
+    /// Tombstones of forgotten photos, by relative name.
+    pub fn forgotten_images(&self) -> Result<HashMap<String, Tombstone>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, mtime_ns, hash FROM forgotten_images")
+            .ctx("reading forgotten images")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Tombstone {
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        hash: r.get(3)?,
+                    },
+                ))
+            })
+            .ctx("reading forgotten images")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("reading forgotten images")
+    }
+
+    /// Records a new size and mtime for forgotten photos whose content did not change.
+    pub fn touch_forgotten(&mut self, files: &[(String, Tombstone)]) -> Result<()> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE forgotten_images SET size = ?2, mtime_ns = ?3 WHERE path = ?1",
+                )
+                .ctx("updating forgotten file times")?;
+            for (name, t) in files {
+                stmt.execute(params![name, t.size as i64, t.mtime_ns])
+                    .ctx("updating forgotten file times")?;
+            }
+        }
+        tx.commit().ctx("committing forgotten file times")
+    }
+
+    /// Whether `person` was forgotten (and is not a person of the current grouping).
+    pub fn is_forgotten_person(&self, person: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM forgotten_persons WHERE person_id = ?1",
+                [person],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .ctx("reading forgotten persons")
+    }
+
+    /// Forgets a stored photo in one transaction: its row, its faces (boxes, keypoints,
+    /// embeddings), the corrections naming them and their place in the grouping go, replaced
+    /// by a tombstone. `groups` is the stored grouping without the photo's faces. `None` when
+    /// no such photo is stored.
+    pub fn forget_image(
+        &mut self,
+        name: &str,
+        groups: Option<&Groups>,
+    ) -> Result<Option<Forgotten>> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        let tombstone = tx
+            .query_row(
+                "SELECT size, mtime_ns, hash FROM images WHERE path = ?1",
+                [name],
+                |r| {
+                    Ok(Tombstone {
+                        size: r.get::<_, i64>(0)? as u64,
+                        mtime_ns: r.get(1)?,
+                        hash: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .ctx("reading an image")?;
+        let Some(tombstone) = tombstone else {
+            return Ok(None);
+        };
+        let faces = faces_where(&tx, "f.image_path = ?1", name)?;
+        for face in &faces {
+            delete_face(&tx, &face.face_id)?;
+        }
+        tx.execute("DELETE FROM images WHERE path = ?1", [name])
+            .ctx("forgetting an image")?;
+        tx.execute("DELETE FROM forgotten_faces WHERE image_path = ?1", [name])
+            .ctx("forgetting an image")?;
+        tx.execute(
+            "INSERT OR REPLACE INTO forgotten_images (path, size, mtime_ns, hash) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                name,
+                tombstone.size as i64,
+                tombstone.mtime_ns,
+                tombstone.hash
+            ],
+        )
+        .ctx("writing a tombstone")?;
+        if let Some(groups) = groups {
+            replace_groups(&tx, groups)?;
+        }
+        tx.commit().ctx("committing a forgotten image")?;
+        Ok(Some(Forgotten {
+            faces: faces.into_iter().map(|f| (f.image, f.index)).collect(),
+        }))
+    }
+
+    /// Forgets a person in one transaction: its faces (each leaving a tombstone of photo, hash
+    /// and box so a re-analysis of the same photo leaves it out), the corrections naming it or
+    /// its faces, its name. `groups` is the stored grouping without the person.
+    pub fn forget_person(&mut self, person: &str, groups: &Groups) -> Result<Forgotten> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        let faces = faces_where(
+            &tx,
+            "f.face_id IN (SELECT face_id FROM person_faces WHERE person_id = ?1)",
+            person,
+        )?;
+        {
+            let mut tombstone = tx
+                .prepare_cached(
+                    "INSERT INTO forgotten_faces (image_path, hash, bbox) VALUES (?1, ?2, ?3)",
+                )
+                .ctx("writing a face tombstone")?;
+            for face in &faces {
+                tombstone
+                    .execute(params![face.image, face.hash, face.bbox])
+                    .ctx("writing a face tombstone")?;
+                delete_face(&tx, &face.face_id)?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM corrections WHERE subject = ?1 OR target = ?1",
+            [person],
+        )
+        .ctx("forgetting corrections")?;
+        tx.execute("DELETE FROM person_names WHERE person_id = ?1", [person])
+            .ctx("forgetting a name")?;
+        tx.execute(
+            "INSERT OR IGNORE INTO forgotten_persons (person_id) VALUES (?1)",
+            [person],
+        )
+        .ctx("writing a person tombstone")?;
+        replace_groups(&tx, groups)?;
+        tx.commit().ctx("committing a forgotten person")?;
+        Ok(Forgotten {
+            faces: faces.into_iter().map(|f| (f.image, f.index)).collect(),
+        })
+    }
+
+    /// Drops the tombstones of a photo (its own and its faces') and its stored analysis, so
+    /// the next run analyses it afresh. Whether there was anything to drop.
+    pub fn restore_image(&mut self, name: &str) -> Result<bool> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        let mut changed = tx
+            .execute("DELETE FROM forgotten_images WHERE path = ?1", [name])
+            .ctx("restoring an image")?;
+        let faces = tx
+            .execute("DELETE FROM forgotten_faces WHERE image_path = ?1", [name])
+            .ctx("restoring an image")?;
+        if faces > 0 {
+            changed += faces;
+            for face in faces_where(&tx, "f.image_path = ?1", name)? {
+                delete_face(&tx, &face.face_id)?;
+            }
+            tx.execute("DELETE FROM images WHERE path = ?1", [name])
+                .ctx("restoring an image")?;
+        }
+        tx.commit().ctx("committing a restored image")?;
+        Ok(changed > 0)
+    }
+}
+
+/// A face about to be forgotten: what its tombstone and crop need.
+struct FaceKey {
+    face_id: String,
+    image: String,
+    index: u32,
+    hash: String,
+    bbox: String,
+}
+
+/// The faces matching `condition` (on `faces f`, with one parameter `?1`), with their photo's hash.
+fn faces_where(tx: &Transaction<'_>, condition: &str, param: &str) -> Result<Vec<FaceKey>> {
+    let mut stmt = tx
+        .prepare(&format!(
+            "SELECT f.face_id, f.image_path, f.idx, i.hash, f.bbox FROM faces f \
+             JOIN images i ON i.path = f.image_path WHERE {condition} ORDER BY f.image_path, f.idx"
+        ))
+        .ctx("reading faces")?;
+    let rows = stmt
+        .query_map([param], |r| {
+            Ok(FaceKey {
+                face_id: r.get(0)?,
+                image: r.get(1)?,
+                index: r.get(2)?,
+                hash: r.get(3)?,
+                bbox: r.get(4)?,
+            })
+        })
+        .ctx("reading faces")?;
+    rows.collect::<rusqlite::Result<_>>().ctx("reading faces")
+}
+
+/// Deletes a face row with its grouping membership and the corrections naming it.
+fn delete_face(tx: &Transaction<'_>, face_id: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM corrections WHERE subject = ?1 OR target = ?1",
+        [face_id],
+    )
+    .ctx("forgetting corrections")?;
+    tx.execute("DELETE FROM person_faces WHERE face_id = ?1", [face_id])
+        .ctx("forgetting a face")?;
+    tx.execute("DELETE FROM faces WHERE face_id = ?1", [face_id])
+        .ctx("forgetting a face")?;
+    Ok(())
+}
+
 /// A user's correction of the grouping (see [`crate::corrections`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Correction {
@@ -466,6 +753,20 @@ pub struct RunRecord {
     pub removed: usize,
     /// `full` or `incremental`; `None` when the grouping was kept as it was.
     pub group_mode: Option<&'static str>,
+    pub details: RunDetails,
+}
+
+/// What the report header shows of a run, kept so commands run later (forget) can write the
+/// report again.
+#[derive(Debug, Clone, Default)]
+pub struct RunDetails {
+    /// The photo folder (absolute when it could be resolved); the report links the photos there.
+    pub photos_dir: String,
+    /// Model file names and the version face ids are built with.
+    pub detector: String,
+    pub embedder: String,
+    pub model_version: String,
+    pub seconds: f64,
 }
 
 /// Hex SHA-256 of a file's content.
@@ -530,9 +831,66 @@ CREATE TABLE person_names (
 );
 ";
 
-fn insert_image(tx: &Transaction<'_>, image: &Analysed) -> Result<()> {
+/// Version 2: tombstones and the details of each run.
+const SCHEMA_2: &str = "
+CREATE TABLE forgotten_images (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE forgotten_faces (
+    image_path TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    bbox TEXT NOT NULL
+);
+CREATE INDEX forgotten_faces_by_image ON forgotten_faces(image_path);
+CREATE TABLE forgotten_persons (
+    person_id TEXT PRIMARY KEY
+);
+ALTER TABLE runs ADD COLUMN photos_dir TEXT;
+ALTER TABLE runs ADD COLUMN detector TEXT;
+ALTER TABLE runs ADD COLUMN embedder TEXT;
+ALTER TABLE runs ADD COLUMN model_version TEXT;
+ALTER TABLE runs ADD COLUMN seconds REAL;
+";
+
+/// Writes one analysed photo; returns the `(photo, index)` of the faces left out as forgotten.
+fn insert_image(tx: &Transaction<'_>, image: &Analysed) -> Result<Vec<(String, u32)>> {
     tx.execute("DELETE FROM images WHERE path = ?1", [&image.name])
         .ctx("replacing an image")?;
+    // Analysed again means changed or asked for: a photo tombstone no longer applies, and face
+    // tombstones only while the content is the one they were made for.
+    tx.execute(
+        "DELETE FROM forgotten_images WHERE path = ?1",
+        [&image.name],
+    )
+    .ctx("replacing an image")?;
+    tx.execute(
+        "DELETE FROM forgotten_faces WHERE image_path = ?1 AND hash != ?2",
+        [&image.name, &image.file.hash],
+    )
+    .ctx("replacing an image")?;
+    let forgotten: Vec<[f32; 4]> = {
+        let mut stmt = tx
+            .prepare_cached("SELECT bbox FROM forgotten_faces WHERE image_path = ?1")
+            .ctx("reading forgotten faces")?;
+        let rows = stmt
+            .query_map([&image.name], |r| r.get::<_, String>(0))
+            .ctx("reading forgotten faces")?;
+        let mut boxes = Vec::new();
+        for row in rows {
+            let text = row.ctx("reading forgotten faces")?;
+            boxes.push(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "forgotten face box",
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        boxes
+    };
+    let mut suppressed = Vec::new();
     let (width, height, status, error) = match &image.outcome {
         Ok((w, h)) => (Some(*w), Some(*h), "ok", None),
         Err(e) => (None, None, "failed", Some(e.as_str())),
@@ -561,6 +919,10 @@ fn insert_image(tx: &Transaction<'_>, image: &Analysed) -> Result<()> {
         )
         .ctx("writing a face")?;
     for f in &image.faces {
+        if forgotten.iter().any(|b| same_face(b, &f.bbox)) {
+            suppressed.push((image.name.clone(), f.index));
+            continue;
+        }
         stmt.execute(params![
             f.face_id,
             image.name,
@@ -574,7 +936,19 @@ fn insert_image(tx: &Transaction<'_>, image: &Analysed) -> Result<()> {
         ])
         .ctx("writing a face")?;
     }
-    Ok(())
+    Ok(suppressed)
+}
+
+/// Whether two boxes in the same photo show the same face: more than half overlap
+/// (intersection over union), so a re-analysis with other models still recognises it.
+fn same_face(a: &[f32; 4], b: &[f32; 4]) -> bool {
+    let to_box = |v: &[f32; 4]| facegroup_core::BBox {
+        x1: v[0],
+        y1: v[1],
+        x2: v[2],
+        y2: v[3],
+    };
+    to_box(a).iou(&to_box(b)) > 0.5
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String> {
@@ -653,6 +1027,42 @@ mod tests {
         assert_eq!(&blob[4..8], &(-2.5f32).to_le_bytes());
         assert_eq!(embedding_from_blob(&blob).ok(), Some(e));
         assert!(embedding_from_blob(&blob[..5]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = facegroup_testkit::TempDir::new("store-v1");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(SCHEMA).expect("version 1 tables");
+            conn.execute(
+                "INSERT INTO runs (finished_ms, analysed, unchanged, removed) VALUES (1, 0, 0, 0)",
+                [],
+            )
+            .expect("a run");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+        }
+        let store = Store::open(dir.path()).expect("upgraded");
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(store.forgotten_images().expect("tombstones").is_empty());
+        let last = store.last_run().expect("runs").expect("the old run");
+        assert_eq!(last.photos_dir, "");
+        drop(store);
+        // Opening again leaves it as it is.
+        assert!(Store::open(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn forgotten_boxes_match_the_same_face_only() {
+        let face = [100.0, 100.0, 200.0, 220.0];
+        assert!(same_face(&face, &[105.0, 98.0, 203.0, 215.0]));
+        assert!(!same_face(&face, &[180.0, 100.0, 280.0, 220.0]));
+        assert!(!same_face(&face, &[400.0, 400.0, 500.0, 520.0]));
     }
 
     #[test]

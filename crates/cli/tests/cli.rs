@@ -62,16 +62,27 @@ fn run_writes_faces_images_crops_and_report() {
     assert_eq!(images[1]["status"], "ok");
     assert_eq!(images[1]["faces"], 1);
 
+    // Seven different people (t1.jpg's six can never merge): no person, all unassigned.
     let report = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
-    assert!(report.contains("bad.jpg"));
-    let (people, images_part) = report
-        .split_once("<h2>Images</h2>")
-        .expect("report has an Images section");
-    assert_eq!(images_part.matches("<img src=\"crops/").count(), 7);
-    // Seven different people (t1.jpg's six can never merge): all unassigned, listed last.
-    assert!(people.contains("People (0)"), "{people}");
-    assert_eq!(people.matches("<img src=\"crops/").count(), 7);
+    assert!(report.contains("People (0)"), "{report}");
+    assert!(report.contains("Unassigned faces (7)"), "{report}");
     assert!(!report.contains("http://") && !report.contains("https://"));
+    let page = |name: &str| {
+        std::fs::read_to_string(out.path().join("report").join(name))
+            .unwrap_or_else(|e| panic!("report/{name}: {e}"))
+    };
+    assert_eq!(
+        page("unassigned-1.html")
+            .matches("<img src=\"../crops/")
+            .count(),
+        7
+    );
+    let list = page("photos-1.html");
+    assert!(
+        list.contains("<li class=\"failed\"><b>bad.jpg</b>"),
+        "{list}"
+    );
+    assert_eq!(list.matches("<a href=\"photo-").count(), 2, "{list}");
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -279,6 +290,59 @@ fn export_writes_the_files_shapes_from_the_store() {
 }
 
 #[test]
+fn export_by_person_writes_a_folder_of_links_per_person() {
+    let (photos, out) = library(
+        "byp",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
+    let groups = read_groups(out.path());
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person");
+    on_store(out.path(), &["person", "name", person, "Barack/Obama"]);
+
+    let dir = out.path().join("by-person");
+    let listing = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    for _ in 0..2 {
+        // The second export replaces the first.
+        on_store(out.path(), &["export", "--by-person", path_str(&dir)]);
+        assert_eq!(listing(&dir), ["Barack_Obama"]);
+        let folder = dir.join("Barack_Obama");
+        assert_eq!(listing(&folder), ["obama.jpg", "obama2.jpg", "obama3.jpg"]);
+        let link = std::fs::read_link(folder.join("obama2.jpg")).expect("a symbolic link");
+        assert_eq!(
+            std::fs::canonicalize(link).ok(),
+            std::fs::canonicalize(photos.path().join("obama2.jpg")).ok()
+        );
+    }
+
+    let copies = out.path().join("copies");
+    on_store(
+        out.path(),
+        &["export", "--by-person", path_str(&copies), "--copy"],
+    );
+    let copy = copies.join("Barack_Obama/obama.jpg");
+    assert!(!copy.is_symlink());
+    assert_eq!(std::fs::read(&copy).ok(), Some(image_bytes("obama.jpg")));
+    // A folder of other files is not overwritten.
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args(["export", "--by-person", path_str(photos.path())])
+        .args(["--out", path_str(out.path())])
+        .output()
+        .expect("start facegroup");
+    assert!(!output.status.success());
+    assert_eq!(listing(photos.path()).len(), 4);
+}
+
+#[test]
 fn corrections_are_stored_and_honoured_by_later_runs() {
     let photos = TempDir::new("fix-photos");
     for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
@@ -343,6 +407,229 @@ fn corrections_are_stored_and_honoured_by_later_runs() {
         .output()
         .expect("start facegroup");
     assert!(!output.status.success());
+}
+
+#[test]
+fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_back() {
+    let (photos, out) = library(
+        "forget",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
+    let db = out.path().join("facegroup.db");
+    let count = |sql: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&db).expect("open store");
+        conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+    };
+    let forget = |target: &str| on_store(out.path(), &["forget", target]);
+    let biden_traces = || {
+        count("SELECT count(*) FROM images WHERE path = 'biden.jpg'")
+            + count("SELECT count(*) FROM faces WHERE image_path = 'biden.jpg'")
+            + count("SELECT count(*) FROM person_faces WHERE face_id LIKE 'biden.jpg:%'")
+    };
+    assert_eq!(biden_traces(), 2, "stored before: one image, one face");
+
+    // A photo, named by the file itself: gone from the tables, the crops, exports and report.
+    let stdout = forget(path_str(&photos.path().join("biden.jpg")));
+    assert!(
+        stdout.contains("forgot photo biden.jpg: 1 face"),
+        "{stdout}"
+    );
+    assert_eq!(biden_traces(), 0);
+    assert_eq!(count("SELECT count(*) FROM forgotten_images"), 1);
+    assert!(!out.path().join("crops/biden.jpg.0.jpg").exists());
+    for file in [
+        "faces.jsonl",
+        "images.jsonl",
+        "groups.json",
+        "report/photos-1.html",
+    ] {
+        let text = std::fs::read_to_string(out.path().join(file)).expect("export");
+        assert!(!text.contains("biden.jpg"), "{file} still names biden.jpg");
+    }
+    // Re-runs skip it, also after its mtime changed; forgetting it again changes nothing.
+    let stdout = run_ok(photos.path(), out.path(), &[]);
+    assert!(
+        stdout.contains("0 analysed, 3 unchanged") && stdout.contains("1 forgotten photos skipped"),
+        "{stdout}"
+    );
+    copy_test_image("biden.jpg", photos.path());
+    let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    assert!(stdout.contains("0 analysed, 3 unchanged"), "{stdout}");
+    assert_eq!(biden_traces(), 0);
+    let before = dump(&db);
+    assert!(forget("biden.jpg").contains("already forgotten"));
+    assert_eq!(dump(&db), before);
+
+    // A person, with its name: faces, crops, name and corrections go; its photos stay known.
+    let groups = read_groups(out.path());
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person")
+        .to_string();
+    let fix = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "name",
+            &person,
+            "Barack",
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert_success(&fix);
+    let stdout = forget(&person);
+    assert!(stdout.contains("3 face(s)"), "{stdout}");
+    for table in [
+        "faces",
+        "persons",
+        "person_faces",
+        "person_names",
+        "corrections",
+    ] {
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
+    }
+    assert_eq!(count("SELECT count(*) FROM images"), 3);
+    assert_eq!(count("SELECT count(*) FROM forgotten_faces"), 3);
+    let crops: Vec<_> = std::fs::read_dir(out.path().join("crops"))
+        .expect("crops folder")
+        .collect();
+    assert!(crops.is_empty(), "crops left: {crops:?}");
+    let report = std::fs::read_to_string(out.path().join("report.html")).expect("report");
+    assert!(!report.contains("Barack") && report.contains("People (0)"));
+    let pages: Vec<String> = std::fs::read_dir(out.path().join("report"))
+        .expect("report folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.starts_with(&format!("{person}-"))
+                || p.starts_with(&format!("person-{person}"))),
+        "{pages:?}"
+    );
+    let stdout = run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    assert!(
+        stdout.contains("0 analysed") && stdout.contains(" 0 faces"),
+        "{stdout}"
+    );
+    let before = dump(&db);
+    assert!(forget(&person).contains("already forgotten"));
+    assert_eq!(dump(&db), before);
+}
+
+#[test]
+fn report_pages_render_in_headless_chromium_with_faces_and_boxes() {
+    let (_photos, out) = library(
+        "chromium",
+        &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"],
+    );
+    let pages = out.path().join("report");
+
+    // The index lists the one person with its representative crop and face count.
+    let index = chromium_dom(out.path(), &out.path().join("report.html"));
+    let cards: Vec<&str> = index.split("<a class=\"person\" ").skip(1).collect();
+    assert_eq!(cards.len(), 1, "{index}");
+    assert!(cards[0].contains("3 face(s)"), "{}", cards[0]);
+    let crop = attr(cards[0], "<img src=\"");
+    assert!(out.path().join(crop).is_file(), "index image {crop}");
+    let person_href = attr(cards[0], "href=\"");
+    let person_file = person_href
+        .strip_prefix("report/")
+        .expect("page in report/");
+
+    // The person page shows its three faces, each crop on disk and linked to its photo.
+    let person = chromium_dom(out.path(), &pages.join(person_file));
+    let faces: Vec<&str> = person.split("<figure").skip(1).collect();
+    assert_eq!(faces.len(), 3, "{person}");
+    for face in &faces {
+        assert!(pages.join(attr(face, "<img src=\"")).is_file(), "{face}");
+    }
+    let photo_file = attr(faces[0], "<a href=\"");
+    assert!(photo_file.starts_with("photo-"), "{photo_file}");
+
+    // The photo page shows the photo with the face's box linked back to the person.
+    let photo = chromium_dom(out.path(), &pages.join(photo_file));
+    let boxes: Vec<&str> = photo.split("<a class=\"box\" ").skip(1).collect();
+    assert_eq!(boxes.len(), 1, "{photo}");
+    assert_eq!(attr(boxes[0], "href=\""), person_file);
+    let photo_src = attr(&photo, "<div class=\"photo\"><img src=\"");
+    assert!(pages.join(photo_src).is_file(), "photo {photo_src}");
+
+    // Rendered: the photo fills the page and the box's yellow border is drawn over it.
+    let shot = out.path().join("photo.png");
+    chromium(
+        out.path(),
+        &[
+            "--window-size=800,700",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &pages.join(photo_file),
+    );
+    let png = image::open(&shot).expect("screenshot").to_rgb8();
+    let count = |f: &dyn Fn(&image::Rgb<u8>) -> bool| png.pixels().filter(|p| f(p)).count();
+    let yellow = count(&|p| p[0] > 245 && (211..=231).contains(&p[1]) && p[2] < 15);
+    let dark = count(&|p| p[0] < 100 && p[1] < 100 && p[2] < 100);
+    assert!(yellow > 300, "box border pixels: {yellow}");
+    assert!(dark > 10_000, "photo pixels: {dark}");
+}
+
+#[test]
+fn find_ranks_the_person_and_photos_of_a_query_face() {
+    let (_photos, out) = library("find", &["obama.jpg", "obama2.jpg", "biden.jpg"]);
+    let groups = read_groups(out.path());
+    let person = groups["persons"][0]["person_id"]
+        .as_str()
+        .expect("one person");
+    let named = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args([
+            "person",
+            "name",
+            person,
+            "Barack",
+            "--out",
+            path_str(out.path()),
+        ])
+        .output()
+        .expect("start facegroup");
+    assert_success(&named);
+
+    // obama3.jpg is not in the library; its face is Obama's.
+    let query = out.path().join("query.jpg");
+    write(&query, &image_bytes("obama3.jpg"));
+    let output = facegroup(&[
+        "find",
+        path_str(&query),
+        "--out",
+        path_str(out.path()),
+        "--json",
+    ])
+    .output()
+    .expect("start facegroup");
+    assert_success(&output);
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let faces = found.as_array().expect("one entry per query face");
+    assert_eq!(faces.len(), 1, "{found}");
+    let persons = faces[0]["persons"].as_array().expect("persons");
+    assert_eq!(persons.len(), 1, "{found}");
+    assert_eq!(persons[0]["person_id"], person);
+    assert_eq!(persons[0]["name"], "Barack");
+    let best = persons[0]["similarity"].as_f64().expect("similarity");
+    assert!((0.4..1.0).contains(&best), "similarity {best}");
+    let images: Vec<&str> = faces[0]["photos"]
+        .as_array()
+        .expect("photos")
+        .iter()
+        .filter_map(|p| p["image"].as_str())
+        .collect();
+    let mut sorted = images.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["obama.jpg", "obama2.jpg"], "Biden is not a match");
+    assert_eq!(faces[0]["photos"][0]["similarity"].as_f64(), Some(best));
 }
 
 #[test]
@@ -415,6 +702,108 @@ fn bench_prints_the_json_the_comparison_script_reads() {
 }
 
 // ---- helpers ----
+
+/// A folder of the named test photos and the output folder of one `facegroup run` over it.
+fn library(label: &str, names: &[&str]) -> (TempDir, TempDir) {
+    let photos = TempDir::new(&format!("{label}-photos"));
+    for name in names {
+        copy_test_image(name, photos.path());
+    }
+    let out = TempDir::new(&format!("{label}-out"));
+    run_ok(photos.path(), out.path(), &[]);
+    (photos, out)
+}
+
+/// `facegroup ARGS --out OUT` for a command on the store alone (no models), which must
+/// succeed; returns its stdout.
+fn on_store(out: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
+        .args(args)
+        .args(["--out", path_str(out)])
+        .output()
+        .expect("start facegroup");
+    assert_success(&output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn read_groups(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("groups.json")).expect("groups.json");
+    serde_json::from_str(&text).expect("groups.json is JSON")
+}
+
+/// Debian's headless Chromium on `page`, with a profile under `scratch` (installed by
+/// scripts/setup.sh; `--no-sandbox` because tests may run as root). Returns stdout.
+fn chromium(scratch: &Path, args: &[&str], page: &Path) -> String {
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.join("chromium").display()
+        ))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("start chromium (scripts/setup.sh installs it)");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The DOM Chromium builds from `page`.
+fn chromium_dom(scratch: &Path, page: &Path) -> String {
+    let dom = chromium(scratch, &["--dump-dom"], page);
+    assert!(
+        dom.contains("</html>"),
+        "no DOM for {}: {dom}",
+        page.display()
+    );
+    dom
+}
+
+/// The quoted value that follows `prefix` (which ends in the opening quote) in `html`.
+fn attr<'a>(html: &'a str, prefix: &str) -> &'a str {
+    let start = html
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix} in {html}"))
+        + prefix.len();
+    let len = html[start..].find('"').expect("closing quote");
+    &html[start..start + len]
+}
+
+/// Every row of every table of a store but `runs` (which a command may append to), as text.
+fn dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('runs', 'sqlite_sequence') ORDER BY name")
+        .expect("list tables")
+        .query_map([], |r| r.get(0))
+        .expect("list tables")
+        .collect::<rusqlite::Result<_>>()
+        .expect("list tables");
+    let mut rows = Vec::new();
+    for table in tables {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .expect("select");
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).expect("query");
+        while let Some(row) = q.next().expect("row") {
+            let cells: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", row.get_ref(i).expect("cell")))
+                .collect();
+            rows.push(format!("{table}: {}", cells.join(" | ")));
+        }
+    }
+    rows
+}
 
 /// `facegroup run PHOTOS --out OUT EXTRA...`, which must succeed; returns its stdout.
 fn run_ok(photos: &Path, out: &Path, extra: &[&str]) -> String {
