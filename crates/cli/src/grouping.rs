@@ -67,7 +67,14 @@ pub fn group(
         .map(|f| f.face_id.as_str())
         .collect();
     let previous = previous.map(|p| prune(p, &keep));
-    regroup(&inputs, &GroupConfig::default(), mode, previous.as_ref()).context("grouping faces")
+    regroup(
+        &inputs,
+        &GroupConfig::default(),
+        mode,
+        previous.as_ref(),
+        None,
+    )
+    .context("grouping faces")
 }
 
 /// `groups` restricted to the faces in `keep`; persons left without faces are dropped, and one

@@ -87,12 +87,15 @@ fn main() {
             };
             let graph_s = t.elapsed().as_secs_f64();
             let seeds = vec![true; n];
+            let tags: Vec<Vec<u32>> = faces.images.iter().map(|&p| vec![p]).collect();
             let t = Instant::now();
             let roots = average_linkage(&HacInput {
                 data: &faces.data,
                 dim: DIM,
                 images: &faces.images,
+                tags: &tags,
                 seeds: &seeds,
+                must_link: &[],
                 graph: &graph,
                 threshold: MergeThreshold {
                     pair: cfg.pair_threshold,

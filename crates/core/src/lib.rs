@@ -32,8 +32,8 @@ pub use detect::{BBox, Detection, DetectorConfig, FaceDetector, Scrfd};
 pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
 pub use error::{DecodeError, Error, ModelError};
 pub use group::{
-    assign_new_faces, group_faces, regroup, FaceInput, GroupConfig, GroupError, GroupMode, Groups,
-    KnnConfig, Person,
+    assign_new_faces, group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError,
+    GroupMode, Groups, KnnConfig, MustLink, Person,
 };
 pub use pipeline::{Face, Pipeline, PipelineConfig};
 pub use pool::PipelinePool;

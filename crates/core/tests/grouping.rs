@@ -57,7 +57,7 @@ fn photo_of(face_id: &str) -> &str {
 #[test]
 fn same_person_across_photos_and_never_within_one() {
     let faces = faces_of(&PHOTOS);
-    let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
 
     let obama = person_of(&groups, &main_face("obama.jpg"));
     assert!(
@@ -101,12 +101,12 @@ fn regrouping_with_one_more_photo_keeps_person_ids() {
         "players.jpg",
     ];
     let cfg = GroupConfig::default();
-    let before = group_faces(&faces_of(&before_photos), &cfg, None).expect("grouping");
+    let before = group_faces(&faces_of(&before_photos), &cfg, None, None).expect("grouping");
     let obama_before = person_of(&before, &main_face("obama.jpg"))
         .expect("obama.jpg and obama2.jpg make a person")
         .to_owned();
 
-    let after = group_faces(&faces_of(&PHOTOS), &cfg, Some(&before)).expect("regrouping");
+    let after = group_faces(&faces_of(&PHOTOS), &cfg, Some(&before), None).expect("regrouping");
     assert_eq!(
         person_of(&after, &main_face("obama.jpg")),
         Some(obama_before.as_str())
@@ -126,12 +126,12 @@ fn regrouping_with_one_more_photo_keeps_person_ids() {
 fn shuffled_input_gives_identical_groups() {
     let faces = faces_of(&PHOTOS);
     let cfg = GroupConfig::default();
-    let first = group_faces(&faces, &cfg, None).expect("grouping");
+    let first = group_faces(&faces, &cfg, None, None).expect("grouping");
     let mut shuffled = faces.clone();
     shuffled.reverse();
     let n = shuffled.len();
     shuffled.rotate_left(n / 3);
-    let second = group_faces(&shuffled, &cfg, None).expect("grouping");
+    let second = group_faces(&shuffled, &cfg, None, None).expect("grouping");
     assert_eq!(first, second);
     let json = serde_json::to_string(&first).expect("serialise");
     let back: Groups = serde_json::from_str(&json).expect("deserialise");
@@ -198,7 +198,7 @@ fn lookalike_identities_stay_apart() {
                 quality: face.quality.overall,
             });
         }
-        let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+        let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
         let mut largest = [0usize; 2];
         for p in &groups.persons {
             let of_a = p

@@ -4,7 +4,10 @@ mod common;
 
 use common::person_of;
 use facegroup_core::group::{baselines, metrics, KnnGraph};
-use facegroup_core::{assign_new_faces, group_faces, FaceInput, GroupConfig, GroupError, Groups};
+use facegroup_core::{
+    assign_new_faces, group_faces, Constraints, FaceInput, GroupConfig, GroupError, Groups,
+    MustLink,
+};
 use facegroup_testkit::{normalise, Rng};
 
 const DIM: usize = 512;
@@ -55,7 +58,7 @@ fn truth_prefix(id: &str) -> &str {
 #[test]
 fn recovers_separated_people_and_leaves_strangers_unassigned() {
     let faces = gallery(1, 6, 8, 20);
-    let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     assert_eq!(groups.persons.len(), 6, "{groups:#?}");
     for p in &groups.persons {
         let first = truth_prefix(&p.face_ids[0]);
@@ -103,7 +106,7 @@ fn bridge_faces_do_not_chain_two_people() {
         "bridge should chain a_0 and b_0 under connected components"
     );
 
-    let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     let (pa, pb) = (person_of(&groups, "a_0"), person_of(&groups, "b_0"));
     assert!(pa.is_some() && pb.is_some(), "{groups:#?}");
     assert_ne!(pa, pb, "{groups:#?}");
@@ -128,7 +131,7 @@ fn faces_of_one_photo_are_never_one_person() {
         .collect();
     // A near-identical face in the same photo as f0 (a mirror, a poster, a twin).
     faces.push(face("twin", "photo0", around(&mut rng, &centre, 0.1)));
-    let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     for p in &groups.persons {
         let mut photos: Vec<&str> = p
             .face_ids
@@ -181,7 +184,7 @@ fn low_quality_faces_neither_seed_nor_bridge_but_attach() {
     for n in 0..4 {
         faces.push(poor(&format!("m_{n}"), around(&mut rng, &mid, 0.1)));
     }
-    let groups = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let groups = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     assert_eq!(groups.persons.len(), 2, "{groups:#?}");
     assert!(groups.unassigned.contains(&"c_0".to_owned()));
     assert!(groups.unassigned.contains(&"c_1".to_owned()));
@@ -195,13 +198,13 @@ fn low_quality_faces_neither_seed_nor_bridge_but_attach() {
 #[test]
 fn clusters_under_the_minimum_size_stay_unassigned() {
     let faces = gallery(5, 3, 2, 0);
-    let two = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let two = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     assert_eq!(two.persons.len(), 3);
     let cfg = GroupConfig {
         min_cluster_size: 3,
         ..GroupConfig::default()
     };
-    let three = group_faces(&faces, &cfg, None).expect("grouping");
+    let three = group_faces(&faces, &cfg, None, None).expect("grouping");
     assert!(three.persons.is_empty());
     assert_eq!(three.unassigned.len(), 6);
 }
@@ -209,20 +212,20 @@ fn clusters_under_the_minimum_size_stay_unassigned() {
 #[test]
 fn output_does_not_depend_on_input_order() {
     let faces = gallery(9, 8, 6, 15);
-    let first = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let first = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     let mut shuffled = faces.clone();
     let mut rng = Rng::new(42);
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
-    let second = group_faces(&shuffled, &GroupConfig::default(), None).expect("grouping");
+    let second = group_faces(&shuffled, &GroupConfig::default(), None, None).expect("grouping");
     assert_eq!(first, second);
 }
 
 #[test]
 fn regrouping_keeps_person_ids_and_numbers_new_ones_after_them() {
     let faces = gallery(13, 5, 6, 0);
-    let before = group_faces(&faces, &GroupConfig::default(), None).expect("grouping");
+    let before = group_faces(&faces, &GroupConfig::default(), None, None).expect("grouping");
     assert_eq!(before.persons.len(), 5);
     let mut more = faces.clone();
     let mut rng = Rng::new(14);
@@ -241,7 +244,8 @@ fn regrouping_keeps_person_ids_and_numbers_new_ones_after_them() {
     for (n, p) in previous.persons.iter_mut().enumerate() {
         p.person_id = format!("person-{}", 10 + n);
     }
-    let after = group_faces(&more, &GroupConfig::default(), Some(&previous)).expect("grouping");
+    let after =
+        group_faces(&more, &GroupConfig::default(), Some(&previous), None).expect("grouping");
     assert_eq!(after.persons.len(), 6);
     for p in &previous.persons {
         assert_eq!(
@@ -273,13 +277,13 @@ fn incremental_assignment_files_new_faces_under_existing_persons() {
         })
         .collect();
     let cfg = GroupConfig::default();
-    let before = group_faces(&faces, &cfg, None).expect("grouping");
+    let before = group_faces(&faces, &cfg, None, None).expect("grouping");
     assert_eq!(before.persons.len(), 2);
     faces.push(face("a_new", "new1", around(&mut rng, &a, 0.8)));
     faces.push(face("stranger", "new2", rng.unit(DIM)));
     // Same photo as a_0: may not join a's person.
     faces.push(face("a_dup", "ia0", around(&mut rng, &a, 0.3)));
-    let after = assign_new_faces(&faces, &before, &cfg).expect("incremental");
+    let after = assign_new_faces(&faces, &before, &cfg, None).expect("incremental");
     let pa = person_of(&before, "a_0");
     assert_eq!(person_of(&after, "a_new"), pa);
     assert_eq!(person_of(&after, "stranger"), None);
@@ -294,23 +298,23 @@ fn bad_input_is_an_error() {
     let mut faces = gallery(2, 1, 3, 0);
     faces[1].face_id = faces[0].face_id.clone();
     assert!(matches!(
-        group_faces(&faces, &GroupConfig::default(), None),
+        group_faces(&faces, &GroupConfig::default(), None, None),
         Err(GroupError::DuplicateFaceId(_))
     ));
     let mut faces = gallery(2, 1, 3, 0);
     faces[2].embedding.pop();
     assert!(matches!(
-        group_faces(&faces, &GroupConfig::default(), None),
+        group_faces(&faces, &GroupConfig::default(), None, None),
         Err(GroupError::DimensionMismatch { .. })
     ));
     let mut faces = gallery(2, 1, 3, 0);
     faces[0].embedding = vec![0.0; DIM];
     assert!(matches!(
-        group_faces(&faces, &GroupConfig::default(), None),
+        group_faces(&faces, &GroupConfig::default(), None, None),
         Err(GroupError::BadEmbedding { .. })
     ));
     assert_eq!(
-        group_faces(&[], &GroupConfig::default(), None).expect("empty"),
+        group_faces(&[], &GroupConfig::default(), None, None).expect("empty"),
         Groups::default()
     );
 }
@@ -322,9 +326,9 @@ fn approximate_graph_finds_the_same_people() {
     // 2000 faces: 51 inverted lists, of which 32 are probed.
     let faces = gallery(17, 150, 10, 500);
     let mut cfg = GroupConfig::default();
-    let exact = group_faces(&faces, &cfg, None).expect("exact");
+    let exact = group_faces(&faces, &cfg, None, None).expect("exact");
     cfg.knn.exact_max = 100;
-    let approx = group_faces(&faces, &cfg, None).expect("ivf");
+    let approx = group_faces(&faces, &cfg, None, None).expect("ivf");
     assert_eq!(exact.persons.len(), 150);
     assert_eq!(exact, approx);
     let data: Vec<f32> = faces.iter().flat_map(|f| f.embedding.clone()).collect();
@@ -370,4 +374,87 @@ fn dbscan_and_immich_baselines_behave_as_documented() {
         baselines::immich(&nb, 3),
         vec![Some(0), Some(0), Some(0), None, None]
     );
+}
+
+fn must(faces: &[&str], person_id: Option<&str>) -> MustLink {
+    MustLink {
+        face_ids: faces.iter().map(|f| f.to_string()).collect(),
+        person_id: person_id.map(str::to_string),
+    }
+}
+
+#[test]
+fn must_link_merges_two_people_the_user_says_are_one_and_pins_the_id() {
+    let faces = gallery(31, 3, 6, 0);
+    let cfg = GroupConfig::default();
+    let free = group_faces(&faces, &cfg, None, None).expect("grouping");
+    assert_eq!(free.persons.len(), 3);
+    assert_ne!(person_of(&free, "p00_00"), person_of(&free, "p01_00"));
+    // One must-link face pair joins the two whole clusters (the rest follows by similarity).
+    let c = Constraints {
+        must_link: vec![must(&["p00_00", "p01_00"], Some("person-ana"))],
+        ..Constraints::default()
+    };
+    let merged = group_faces(&faces, &cfg, Some(&free), Some(&c)).expect("grouping");
+    let ana = merged
+        .persons
+        .iter()
+        .find(|p| p.person_id == "person-ana")
+        .expect("the pinned id is kept");
+    assert!(ana.face_ids.contains(&"p00_00".to_string()));
+    assert!(ana.face_ids.contains(&"p01_00".to_string()));
+    assert_eq!(person_of(&merged, "p02_00"), person_of(&free, "p02_00"));
+}
+
+#[test]
+fn cannot_link_keeps_two_faces_apart_in_full_and_incremental_runs() {
+    let faces = gallery(32, 2, 8, 0);
+    let cfg = GroupConfig::default();
+    let free = group_faces(&faces, &cfg, None, None).expect("grouping");
+    assert_eq!(person_of(&free, "p00_00"), person_of(&free, "p00_05"));
+    let c = Constraints {
+        cannot_link: vec![("p00_00".into(), "p00_05".into())],
+        ..Constraints::default()
+    };
+    let full = group_faces(&faces, &cfg, Some(&free), Some(&c)).expect("grouping");
+    assert_ne!(person_of(&full, "p00_05"), person_of(&full, "p00_00"));
+    assert!(person_of(&full, "p00_00").is_some());
+    // Incremental on the unconstrained run: the person gives the later face up.
+    let incremental = assign_new_faces(&faces, &free, &cfg, Some(&c)).expect("incremental");
+    assert_ne!(
+        person_of(&incremental, "p00_05"),
+        person_of(&incremental, "p00_00")
+    );
+    assert_eq!(
+        person_of(&incremental, "p00_01"),
+        person_of(&free, "p00_01")
+    );
+}
+
+#[test]
+fn two_named_persons_never_merge_and_new_faces_follow_must_links() {
+    // One person's faces named as two persons (the user knows better, e.g. twins).
+    let faces = gallery(33, 1, 10, 0);
+    let cfg = GroupConfig::default();
+    let c = Constraints {
+        must_link: vec![
+            must(&["p00_00", "p00_01"], Some("person-a")),
+            must(&["p00_02", "p00_03"], Some("person-b")),
+        ],
+        ..Constraints::default()
+    };
+    let groups = group_faces(&faces, &cfg, None, Some(&c)).expect("grouping");
+    assert_eq!(person_of(&groups, "p00_01"), Some("person-a"));
+    assert_eq!(person_of(&groups, "p00_03"), Some("person-b"));
+    // A new, unrelated face must-linked to person-a joins it in an incremental run.
+    let mut more = faces.clone();
+    let mut rng = Rng::new(34);
+    more.push(face("x_0", "img-x0", rng.unit(DIM)));
+    let plain = assign_new_faces(&more, &groups, &cfg, None).expect("incremental");
+    assert_eq!(person_of(&plain, "x_0"), None, "a stranger joins no one");
+    let mut linked = c.clone();
+    linked.must_link.push(must(&["p00_00", "x_0"], None));
+    let after = assign_new_faces(&more, &groups, &cfg, Some(&linked)).expect("incremental");
+    assert_eq!(person_of(&after, "x_0"), Some("person-a"));
+    assert_eq!(person_of(&after, "p00_03"), Some("person-b"));
 }

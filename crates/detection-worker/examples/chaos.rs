@@ -48,9 +48,7 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--worker" => args.worker = PathBuf::from(value),
             "--messages" => args.messages = value.parse().expect("--messages N"),
@@ -138,8 +136,7 @@ async fn main() {
             s.mongo = start_mongo_on(mongo_port, &storage_path);
             mongo_restarts += 1;
         }
-        if (done + failed) as usize >= args.messages
-            && queue_counts(&s.sqs, &queue).await == (0, 0)
+        if (done + failed) as usize >= args.messages && queue_counts(&s.sqs, &queue).await == (0, 0)
         {
             break;
         }
@@ -158,12 +155,13 @@ async fn main() {
          queue={}+{} dlq={}+{} kills={kills} mongo_restarts={mongo_restarts} seconds={seconds:.1}",
         args.messages, q.0, q.1, d.0, d.1
     );
-    let ok = (done + failed) as usize == args.messages
-        && duplicates == 0
-        && q == (0, 0)
-        && d == (0, 0);
+    let ok =
+        (done + failed) as usize == args.messages && duplicates == 0 && q == (0, 0) && d == (0, 0);
     if !ok {
-        eprintln!("chaos: a guarantee was broken; worker logs in {}", logs.display());
+        eprintln!(
+            "chaos: a guarantee was broken; worker logs in {}",
+            logs.display()
+        );
         std::process::exit(1);
     }
 }
@@ -201,7 +199,9 @@ async fn status_counts(s: &TestStack) -> Option<(u64, u64)> {
 /// Faces stored more than once: the same (image, face index) twice, or more faces for an image
 /// than its `face_count` says.
 async fn duplicate_faces(s: &TestStack) -> u64 {
-    let faces = s.db.database("gallery_images").collection::<Document>("faces");
+    let faces =
+        s.db.database("gallery_images")
+            .collection::<Document>("faces");
     let pipeline = [
         doc! {"$match": {"gallery_id": GALLERY}},
         doc! {"$group": {"_id": {"image": "$image_id", "index": "$face_index"}, "n": {"$sum": 1}}},

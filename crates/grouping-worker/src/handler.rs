@@ -414,8 +414,8 @@ fn group(
         ));
     }
     match mode {
-        Some(mode) => regroup(faces, cfg, mode, previous).map(|(groups, _)| groups),
-        None => group_faces(faces, cfg, previous),
+        Some(mode) => regroup(faces, cfg, mode, previous, None).map(|(groups, _)| groups),
+        None => group_faces(faces, cfg, previous, None),
     }
 }
 

@@ -87,7 +87,7 @@ impl<'a> Faces<'a> {
 /// facegroup's grouping with `cfg`.
 pub fn facegroup(faces: &Faces<'_>, cfg: &GroupConfig) -> Result<Row> {
     let started = Instant::now();
-    let groups = group_faces(&faces.inputs, cfg, None)?;
+    let groups = group_faces(&faces.inputs, cfg, None, None)?;
     let index: HashMap<&str, usize> = faces
         .inputs
         .iter()

@@ -36,12 +36,16 @@ use super::dot;
 use super::knn::KnnGraph;
 
 /// Faces to cluster: `data` holds unit embeddings row-major, `images[i]` the photo of face `i`,
-/// `seeds[i]` whether face `i` takes part (low-quality faces do not).
+/// `tags[i]` its sorted exclusion tags (its photo and its cannot-link tags: clusters sharing a
+/// tag never merge), `seeds[i]` whether face `i` takes part (low-quality faces do not), and
+/// `must_link` groups of seed faces merged before anything else (see `super::constraints`).
 pub struct HacInput<'a> {
     pub data: &'a [f32],
     pub dim: usize,
     pub images: &'a [u32],
+    pub tags: &'a [Vec<u32>],
     pub seeds: &'a [bool],
+    pub must_link: &'a [Vec<usize>],
     pub graph: &'a KnnGraph,
     pub threshold: MergeThreshold,
     pub cohesion: Cohesion,
@@ -125,7 +129,9 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         data,
         dim,
         images,
+        tags,
         seeds,
+        must_link,
         graph,
         threshold,
         cohesion,
@@ -140,7 +146,7 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         norm2: vec![1.0; n],
         cohesion,
         size: vec![1; n],
-        photos: images.iter().map(|&p| vec![p]).collect(),
+        photos: tags.to_vec(),
         version: vec![0; n],
         parent: (0..n).collect(),
     };
@@ -162,6 +168,19 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         }
     }
 
+    // Must-link groups first, whatever their similarity; a face whose tags conflict with the
+    // group so far stays out of it.
+    for group in must_link {
+        let Some(&first) = group.first() else {
+            continue;
+        };
+        for &f in &group[1..] {
+            let (a, b) = (state.root(first), state.root(f));
+            if a != b && !state.share_photo(a, b) {
+                join(&mut state, &mut adjacent, &mut heap, a, b, threshold);
+            }
+        }
+    }
     while let Some(c) = heap.pop() {
         let (a, b) = (c.a as usize, c.b as usize);
         let stale = state.parent[a] != a
@@ -171,22 +190,7 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         if stale || state.share_photo(a, b) {
             continue;
         }
-        // Keep the smaller index as the cluster's id so results do not depend on heap order.
-        let (keep, gone) = (a.min(b), a.max(b));
-        state.merge(keep, gone);
-        let mut merged = std::mem::take(&mut adjacent[keep]);
-        merged.append(&mut adjacent[gone]);
-        merged.retain(|&c| {
-            let c = c as usize;
-            c != keep && c != gone && state.parent[c] == c
-        });
-        merged.sort_unstable();
-        merged.dedup();
-        for &c in &merged {
-            adjacent[c as usize].push(keep as u32);
-            state.push_if_close(&mut heap, keep, c as usize, threshold);
-        }
-        adjacent[keep] = merged;
+        join(&mut state, &mut adjacent, &mut heap, a, b, threshold);
     }
     // A merge always points the larger index at the smaller, so parents precede children and
     // one increasing pass resolves every root.
@@ -195,6 +199,33 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         roots[i] = roots[roots[i]];
     }
     roots
+}
+
+/// Merges live clusters `a` and `b` and queues the merged cluster's pairs with its neighbours.
+fn join(
+    state: &mut State<'_>,
+    adjacent: &mut [Vec<u32>],
+    heap: &mut BinaryHeap<Candidate>,
+    a: usize,
+    b: usize,
+    threshold: MergeThreshold,
+) {
+    // Keep the smaller index as the cluster's id so results do not depend on heap order.
+    let (keep, gone) = (a.min(b), a.max(b));
+    state.merge(keep, gone);
+    let mut merged = std::mem::take(&mut adjacent[keep]);
+    merged.append(&mut adjacent[gone]);
+    merged.retain(|&c| {
+        let c = c as usize;
+        c != keep && c != gone && state.parent[c] == c
+    });
+    merged.sort_unstable();
+    merged.dedup();
+    for &c in &merged {
+        adjacent[c as usize].push(keep as u32);
+        state.push_if_close(heap, keep, c as usize, threshold);
+    }
+    adjacent[keep] = merged;
 }
 
 /// `State::slot` of a cluster that is still one face: its sum is its row of `data`.
@@ -213,7 +244,7 @@ struct State<'a> {
     norm2: Vec<f32>,
     cohesion: Cohesion,
     size: Vec<u32>,
-    /// Sorted photo ids of each live cluster.
+    /// Sorted exclusion tags (photo ids, cannot-link tags) of each live cluster.
     photos: Vec<Vec<u32>>,
     version: Vec<u32>,
     parent: Vec<usize>,
@@ -238,13 +269,17 @@ impl State<'_> {
         }
     }
 
+    /// True when clusters `a` and `b` share an exclusion tag (a photo or a cannot-link).
     fn share_photo(&self, a: usize, b: usize) -> bool {
-        let (small, large) = if self.photos[a].len() <= self.photos[b].len() {
-            (&self.photos[a], &self.photos[b])
-        } else {
-            (&self.photos[b], &self.photos[a])
-        };
-        small.iter().any(|p| large.binary_search(p).is_ok())
+        super::constraints::intersect(&self.photos[a], &self.photos[b])
+    }
+
+    /// The live cluster face `i` belongs to.
+    fn root(&self, mut i: usize) -> usize {
+        while self.parent[i] != i {
+            i = self.parent[i];
+        }
+        i
     }
 
     fn push_if_close(

@@ -68,7 +68,7 @@ pub fn summarise(
     faces: &[FaceInput],
     cfg: &GroupConfig,
 ) -> Result<Vec<PersonSummary>, GroupError> {
-    let set = FaceSet::new(faces, cfg)?;
+    let set = FaceSet::new(faces, cfg, None)?;
     let index = set.index();
     let image_of: HashMap<&str, &str> = faces
         .iter()
@@ -108,7 +108,7 @@ pub fn assign_with_summaries(
     summaries: &[PersonSummary],
     cfg: &GroupConfig,
 ) -> Result<Assignment, GroupError> {
-    let set = FaceSet::new(new_faces, cfg)?;
+    let set = FaceSet::new(new_faces, cfg, None)?;
     if let Some(p) = summaries
         .iter()
         .find(|p| set.len() > 0 && p.sum.len() != set.dim)
@@ -375,11 +375,11 @@ mod tests {
     fn same_assignments_as_assign_new_faces() {
         let cfg = GroupConfig::default();
         let (old, new) = scene();
-        let committed = group_faces(&old, &cfg, None).expect("group");
+        let committed = group_faces(&old, &cfg, None, None).expect("group");
         assert_eq!(committed.persons.len(), 6, "{committed:?}");
 
         let all: Vec<FaceInput> = old.iter().chain(&new).cloned().collect();
-        let expected = assign_new_faces(&all, &committed, &cfg).expect("assign");
+        let expected = assign_new_faces(&all, &committed, &cfg, None).expect("assign");
 
         let summaries = summarise(&committed, &old, &cfg).expect("summaries");
         // Faces no person holds: the new ones and the committed run's unassigned strangers.
@@ -437,7 +437,7 @@ mod tests {
     fn updated_summaries_match_a_fresh_summary() {
         let cfg = GroupConfig::default();
         let (old, new) = scene();
-        let committed = group_faces(&old, &cfg, None).expect("group");
+        let committed = group_faces(&old, &cfg, None, None).expect("group");
         let summaries = summarise(&committed, &old, &cfg).expect("summaries");
         let got = assign_with_summaries(&new, &summaries, &cfg).expect("assign");
         let groups = got.apply(&committed);
@@ -463,7 +463,7 @@ mod tests {
     fn rejects_summaries_of_another_dimension() {
         let cfg = GroupConfig::default();
         let (old, new) = scene();
-        let committed = group_faces(&old, &cfg, None).expect("group");
+        let committed = group_faces(&old, &cfg, None, None).expect("group");
         let mut summaries = summarise(&committed, &old, &cfg).expect("summaries");
         summaries[0].sum.pop();
         assert!(matches!(

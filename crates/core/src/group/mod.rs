@@ -32,6 +32,7 @@
 // `eval-groups`, tests and benches.
 #[cfg(feature = "eval")]
 pub mod baselines;
+mod constraints;
 pub mod hac;
 pub mod incremental;
 pub mod knn;
@@ -44,6 +45,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use constraints::{Constraints, MustLink};
 pub use hac::{Cohesion, MergeThreshold};
 pub use knn::{KnnConfig, KnnGraph};
 pub use mode::{regroup, GroupMode};
@@ -201,19 +203,24 @@ pub enum GroupError {
     Faiss(String),
 }
 
-/// Groups all faces from scratch. With `previous`, persons that continue keep their ids.
+/// Groups all faces from scratch. With `previous`, persons that continue keep their ids; with
+/// `constraints`, the user's corrections hold (see [`Constraints`]).
 pub fn group_faces(
     faces: &[FaceInput],
     cfg: &GroupConfig,
     previous: Option<&Groups>,
+    constraints: Option<&Constraints>,
 ) -> Result<Groups, GroupError> {
-    let set = FaceSet::new(faces, cfg)?;
+    let set = FaceSet::new(faces, cfg, constraints)?;
     let graph = KnnGraph::build(&set.data, set.dim, &cfg.knn)?;
+    let must_link: Vec<Vec<usize>> = set.must_link.iter().map(|(f, _)| f.clone()).collect();
     let roots = hac::average_linkage(&hac::HacInput {
         data: &set.data,
         dim: set.dim,
         images: &set.images,
+        tags: &set.tags,
         seeds: &set.seeds,
+        must_link: &must_link,
         graph: &graph,
         threshold: cfg.merge(),
         cohesion: cfg.cohesion(),
@@ -235,9 +242,14 @@ pub fn group_faces(
     attach(&set, &graph, &mut clusters, &leftovers, |_| {
         (cfg.attach(), Cohesion::OFF)
     });
+    set.pin(&mut clusters);
+    // A cluster holding a must-link group is a person the user made, whatever its size.
     let persons: Vec<Cluster> = clusters
         .into_iter()
-        .filter(|c| c.members.len() + c.attached.len() >= cfg.min_cluster_size.max(1))
+        .filter(|c| {
+            c.members.len() + c.attached.len() >= cfg.min_cluster_size.max(1)
+                || c.members.iter().any(|&i| set.linked[i])
+        })
         .collect();
     Ok(finish(&set, persons, previous))
 }
@@ -246,13 +258,16 @@ pub fn group_faces(
 /// re-clustering: a face joins the person whose seed faces it matches best on average, at the
 /// merge threshold for good faces (as a merge of a one-face cluster would) and the attach
 /// threshold for low-quality ones. `faces` must include the faces of `previous`' persons (their
-/// embeddings define the persons); faces of `previous` missing from `faces` are dropped.
+/// embeddings define the persons); faces of `previous` missing from `faces` are dropped. With
+/// `constraints`: a person loses a face that a cannot-link forbids next to its others (the face
+/// is filed again), new faces must-linked to a person's face join it, and pinned ids hold.
 pub fn assign_new_faces(
     faces: &[FaceInput],
     previous: &Groups,
     cfg: &GroupConfig,
+    constraints: Option<&Constraints>,
 ) -> Result<Groups, GroupError> {
-    let set = FaceSet::new(faces, cfg)?;
+    let set = FaceSet::new(faces, cfg, constraints)?;
     let index = set.index();
     let mut persons: Vec<Cluster> = Vec::new();
     let mut held = vec![false; set.len()];
@@ -272,6 +287,7 @@ pub fn assign_new_faces(
         c.previous_id = Some(p.person_id.clone());
         persons.push(c);
     }
+    set.follow_links(&mut persons, &mut held);
     let leftovers: Vec<usize> = (0..set.len()).filter(|&i| !held[i]).collect();
     let graph = KnnGraph::build(&set.data, set.dim, &cfg.knn)?;
     attach(&set, &graph, &mut persons, &leftovers, |i| {
@@ -281,17 +297,24 @@ pub fn assign_new_faces(
             (cfg.attach(), Cohesion::OFF)
         }
     });
+    set.pin(&mut persons);
     Ok(finish(&set, persons, Some(previous)))
 }
 
-/// Validated faces in `face_id` order with unit embeddings.
+/// Validated faces in `face_id` order with unit embeddings, and the constraints on them.
 struct FaceSet {
     ids: Vec<String>,
     data: Vec<f32>,
     dim: usize,
     images: Vec<u32>,
+    /// Sorted exclusion tags of each face: its photo, then its cannot-link tags.
+    tags: Vec<Vec<u32>>,
     seeds: Vec<bool>,
     quality: Vec<f32>,
+    /// Must-link groups (face indices) with their pinned person ids.
+    must_link: Vec<(Vec<usize>, Option<String>)>,
+    /// Whether each face is in a must-link group.
+    linked: Vec<bool>,
 }
 
 impl FaceSet {
@@ -306,16 +329,31 @@ impl FaceSet {
 
     /// A stored person's faces that are in the set, and the cluster of its seed faces (all of
     /// them when it has no seed face: a person of low-quality faces still stands for them);
-    /// `None` when none of its faces is in the set.
+    /// `None` when none of its faces is in the set. A face whose exclusion tags clash with the
+    /// person's earlier faces (a cannot-link made after the person) is left out.
     fn seed_cluster(
         &self,
         index: &HashMap<&str, usize>,
         face_ids: &[String],
     ) -> Option<(Vec<usize>, Cluster)> {
-        let all: Vec<usize> = face_ids
+        let mut found: Vec<usize> = face_ids
             .iter()
             .filter_map(|id| index.get(id.as_str()).copied())
             .collect();
+        found.sort_unstable();
+        let mut all: Vec<usize> = Vec::with_capacity(found.len());
+        let mut seen: HashSet<u32> = HashSet::new();
+        for i in found {
+            // Two faces of one photo in a stored person (an older run's mistake, or a hand
+            // edit) are kept as before; only cannot-link tags remove faces.
+            let clash = self.tags[i]
+                .iter()
+                .any(|t| *t != self.images[i] && seen.contains(t));
+            if !clash {
+                seen.extend(self.tags[i].iter().copied());
+                all.push(i);
+            }
+        }
         if all.is_empty() {
             return None;
         }
@@ -325,7 +363,11 @@ impl FaceSet {
         Some((all, cluster))
     }
 
-    fn new(faces: &[FaceInput], cfg: &GroupConfig) -> Result<Self, GroupError> {
+    fn new(
+        faces: &[FaceInput],
+        cfg: &GroupConfig,
+        constraints: Option<&Constraints>,
+    ) -> Result<Self, GroupError> {
         let mut order: Vec<&FaceInput> = faces.iter().collect();
         order.sort_by(|a, b| a.face_id.cmp(&b.face_id));
         if let Some(w) = order.windows(2).find(|w| w[0].face_id == w[1].face_id) {
@@ -352,21 +394,88 @@ impl FaceSet {
         let mut photo_ids: Vec<&str> = order.iter().map(|f| f.image_id.as_str()).collect();
         photo_ids.sort_unstable();
         photo_ids.dedup();
-        let images = order
+        let images: Vec<u32> = order
             .iter()
             .map(|f| photo_ids.binary_search(&f.image_id.as_str()).unwrap_or(0) as u32)
             .collect();
+        let ids: Vec<String> = order.iter().map(|f| f.face_id.clone()).collect();
+        let mut seeds: Vec<bool> = order
+            .iter()
+            .map(|f| f.quality_ok && f.quality >= cfg.min_quality)
+            .collect();
+        let resolved = match constraints {
+            Some(c) if !c.is_empty() => {
+                let index: HashMap<&str, usize> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (id.as_str(), i))
+                    .collect();
+                constraints::Resolved::new(c, &index, ids.len(), photo_ids.len() as u32)
+            }
+            _ => constraints::Resolved::default(),
+        };
+        let mut linked = vec![false; ids.len()];
+        // The user vouched for must-linked faces: they count as good faces.
+        for &i in resolved.groups.iter().flat_map(|(f, _)| f) {
+            linked[i] = true;
+            seeds[i] = true;
+        }
+        let tags = images
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let mut t = vec![p];
+                if let Some(extra) = resolved.tags.get(i) {
+                    t.extend_from_slice(extra);
+                }
+                t
+            })
+            .collect();
         Ok(Self {
-            ids: order.iter().map(|f| f.face_id.clone()).collect(),
+            ids,
             data,
             dim,
             images,
-            seeds: order
-                .iter()
-                .map(|f| f.quality_ok && f.quality >= cfg.min_quality)
-                .collect(),
+            tags,
+            seeds,
             quality: order.iter().map(|f| f.quality).collect(),
+            must_link: resolved.groups,
+            linked,
         })
+    }
+
+    /// Gives each cluster holding a pinned must-link group's first face that group's person
+    /// id (as an explicit id, like an incremental run's).
+    fn pin(&self, clusters: &mut [Cluster]) {
+        for (faces, id) in &self.must_link {
+            let Some(id) = id else { continue };
+            if let Some(c) = clusters
+                .iter_mut()
+                .find(|c| c.members.contains(&faces[0]) || c.attached.contains(&faces[0]))
+            {
+                c.previous_id = Some(id.clone());
+            }
+        }
+    }
+
+    /// Incremental runs: faces must-linked to a face a person holds join that person (as seed
+    /// faces) unless their tags clash with it.
+    fn follow_links(&self, persons: &mut [Cluster], held: &mut [bool]) {
+        for (faces, _) in &self.must_link {
+            let Some(p) = persons.iter().position(|c| {
+                faces
+                    .iter()
+                    .any(|i| c.members.contains(i) || c.attached.contains(i))
+            }) else {
+                continue;
+            };
+            for &i in faces {
+                if !held[i] && !self.tags[i].iter().any(|t| persons[p].photos.contains(t)) {
+                    persons[p].add_member(self, i);
+                    held[i] = true;
+                }
+            }
+        }
     }
 
     fn len(&self) -> usize {
@@ -396,7 +505,10 @@ impl Cluster {
                 *s += x;
             }
         }
-        let photos = members.iter().map(|&i| set.images[i]).collect();
+        let photos = members
+            .iter()
+            .flat_map(|&i| set.tags[i].iter().copied())
+            .collect();
         Self {
             members,
             attached: Vec::new(),
@@ -408,9 +520,18 @@ impl Cluster {
 
     fn add_attached(&mut self, set: &FaceSet, faces: impl Iterator<Item = usize>) {
         for i in faces {
-            self.photos.insert(set.images[i]);
+            self.photos.extend(set.tags[i].iter().copied());
             self.attached.push(i);
         }
+    }
+
+    /// Adds seed face `i` (its embedding joins the sum).
+    fn add_member(&mut self, set: &FaceSet, i: usize) {
+        for (s, x) in self.sum.iter_mut().zip(set.row(i)) {
+            *s += x;
+        }
+        self.photos.extend(set.tags[i].iter().copied());
+        self.members.push(i);
     }
 
     /// Mean cosine similarity of face `i` to the seed members.
@@ -468,7 +589,7 @@ fn attach(
     for (_, i, candidates) in offers {
         if let Some(&p) = candidates
             .iter()
-            .find(|&&p| !persons[p].photos.contains(&set.images[i]))
+            .find(|&&p| !set.tags[i].iter().any(|t| persons[p].photos.contains(t)))
         {
             persons[p].add_attached(set, std::iter::once(i));
         }

@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{assign_new_faces, group_faces, FaceInput, GroupConfig, GroupError, Groups};
+use super::{
+    assign_new_faces, group_faces, Constraints, FaceInput, GroupConfig, GroupError, Groups,
+};
 
 /// How a grouping run treats existing persons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,18 +68,19 @@ impl FromStr for GroupMode {
     }
 }
 
-/// Groups `faces` in `mode` against the `previous` run; returns the groups and the mode that
-/// was really used ([`GroupMode::effective`]).
+/// Groups `faces` in `mode` against the `previous` run under the user's `constraints`;
+/// returns the groups and the mode that was really used ([`GroupMode::effective`]).
 pub fn regroup(
     faces: &[FaceInput],
     cfg: &GroupConfig,
     mode: GroupMode,
     previous: Option<&Groups>,
+    constraints: Option<&Constraints>,
 ) -> Result<(Groups, GroupMode), GroupError> {
     let mode = mode.effective(previous.is_some());
     let groups = match (mode, previous) {
-        (GroupMode::Incremental, Some(prev)) => assign_new_faces(faces, prev, cfg)?,
-        (_, prev) => group_faces(faces, cfg, prev)?,
+        (GroupMode::Incremental, Some(prev)) => assign_new_faces(faces, prev, cfg, constraints)?,
+        (_, prev) => group_faces(faces, cfg, prev, constraints)?,
     };
     Ok((groups, mode))
 }
