@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::detect::DetectMode;
 use crate::pipeline::PipelineConfig;
 use crate::record::model_version;
 use crate::runtime::ExecutionProvider;
@@ -56,6 +57,14 @@ pub struct PipelineArgs {
     /// Detector input side in pixels (a multiple of 32).
     #[arg(long, env = "FACEGROUP_DET_SIZE", default_value_t = 640)]
     pub det_size: u32,
+    /// How photos are fitted to the detector: `exact` is InsightFace's 640x640 letterbox
+    /// (identical results), `fast` pads only to the next multiple of 32 and enlarges small
+    /// photos at most `--max-upscale` times.
+    #[arg(long, env = "FACEGROUP_DET_MODE", value_enum, default_value_t = DetectMode::Fast)]
+    pub det_mode: DetectMode,
+    /// `fast` mode: the most a small photo is enlarged towards `--det-size`.
+    #[arg(long, env = "FACEGROUP_MAX_UPSCALE", default_value_t = 2.0)]
+    pub max_upscale: f32,
     /// Minimum detector score for a face.
     #[arg(long, env = "FACEGROUP_DET_THRESH", default_value_t = 0.5)]
     pub det_thresh: f32,
@@ -75,6 +84,8 @@ impl PipelineArgs {
         let m = &self.model;
         let mut cfg = PipelineConfig::with_models(&m.models_dir, &m.detector, &m.embedder);
         cfg.detector.input_size = self.det_size;
+        cfg.detector.mode = self.det_mode;
+        cfg.detector.max_upscale = self.max_upscale;
         cfg.detector.score_threshold = self.det_thresh;
         if let Some(max) = self.max_pixels {
             cfg.decode.max_pixels = max;

@@ -28,7 +28,7 @@ pub mod record;
 pub mod runtime;
 
 pub use decode::{decode_image, DecodeOptions};
-pub use detect::{BBox, Detection, DetectorConfig, FaceDetector, Scrfd};
+pub use detect::{BBox, DetectMode, Detection, DetectorConfig, FaceDetector, Scrfd};
 pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
 pub use error::{DecodeError, Error, ModelError};
 pub use group::{

@@ -29,7 +29,8 @@ fn matches_insightface_on_every_test_image() {
         "reference covers {} images",
         images.len()
     );
-    let mut pipeline = common::pipeline();
+    // InsightFace's letterbox: the `exact` detection mode.
+    let mut pipeline = common::exact_pipeline();
     let (mut worst_iou, mut worst_kps, mut worst_cos) = (1.0f32, 0.0f32, 1.0f32);
     for (name, expected) in images {
         let (img, faces) = pipeline

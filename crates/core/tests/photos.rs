@@ -25,6 +25,49 @@ fn group_photos_give_the_known_face_counts() {
     assert_eq!(faces_in(&mut p, "players.jpg").len(), 22);
 }
 
+/// `fast` detection (padded to a multiple of 32, small photos enlarged at most 2x) finds the
+/// faces `exact` (InsightFace's 640x640 letterbox) finds, at the same places, with embeddings
+/// of the same person.
+#[test]
+fn fast_detection_finds_the_faces_exact_detection_finds() {
+    let (mut fast, mut exact) = (common::pipeline(), common::exact_pipeline());
+    let mut names: Vec<String> = std::fs::read_dir(facegroup_testkit::images_dir())
+        .expect("sample photos")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".jpg"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8);
+    let (mut matched, mut worst_iou, mut worst_cos) = (0usize, 1.0f32, 1.0f32);
+    for name in &names {
+        let (a, b) = (faces_in(&mut fast, name), faces_in(&mut exact, name));
+        // A face near the score threshold may flip; every confident one must match.
+        for e in b.iter().filter(|e| e.score >= 0.6) {
+            let (iou, f) = a
+                .iter()
+                .map(|f| (f.bbox.iou(&e.bbox), f))
+                .max_by(|x, y| x.0.total_cmp(&y.0))
+                .unwrap_or_else(|| panic!("{name}: fast found no face"));
+            assert!(iou > 0.8, "{name}: face {:?} IoU {iou}", e.bbox);
+            worst_iou = worst_iou.min(iou);
+            worst_cos = worst_cos.min(common::cos(&f.embedding, &e.embedding));
+            matched += 1;
+        }
+        let diff = a.len().abs_diff(b.len());
+        assert!(
+            diff <= 1 + b.len() / 10,
+            "{name}: fast {} vs exact {} faces",
+            a.len(),
+            b.len()
+        );
+    }
+    assert!(matched >= 30, "{matched} faces compared");
+    assert!(
+        worst_cos > 0.8,
+        "worst embedding cosine {worst_cos}, IoU {worst_iou}"
+    );
+}
+
 #[test]
 fn same_person_is_close_and_different_person_is_far() {
     let mut p = common::pipeline();

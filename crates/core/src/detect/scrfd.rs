@@ -11,7 +11,7 @@ use ort::value::TensorRef;
 use super::layout::{OutputLayout, TensorRank};
 use super::nms::nms;
 use super::priors::anchor_centers;
-use super::{BBox, Detection, DetectorConfig, FaceDetector, Landmarks};
+use super::{BBox, DetectMode, Detection, DetectorConfig, FaceDetector, Landmarks};
 use crate::error::ModelError;
 use crate::imgproc::resize_bilinear;
 use crate::runtime::{build_session, model_name, tensor_shape, RuntimeConfig};
@@ -24,7 +24,10 @@ pub struct Scrfd {
     layout: OutputLayout,
     /// `(width, height)` when the model fixes its input size; otherwise the configured square.
     input_size: (u32, u32),
-    priors: HashMap<u32, Vec<[f32; 2]>>,
+    /// Whether the model takes any input shape (then `fast` mode applies).
+    dynamic: bool,
+    /// Anchor centres per `(input width, input height, stride)`, made on first use of a shape.
+    priors: HashMap<(u32, u32, u32), Vec<[f32; 2]>>,
 }
 
 impl Scrfd {
@@ -42,9 +45,9 @@ impl Scrfd {
                 session.inputs().len()
             )));
         };
-        let input_size = match tensor_shape(input.dtype()) {
-            Some([_, 3, h, w]) if *h > 0 && *w > 0 => (*w as u32, *h as u32),
-            Some([_, 3, _, _]) => (cfg.input_size, cfg.input_size),
+        let (input_size, dynamic) = match tensor_shape(input.dtype()) {
+            Some([_, 3, h, w]) if *h > 0 && *w > 0 => ((*w as u32, *h as u32), false),
+            Some([_, 3, _, _]) => ((cfg.input_size, cfg.input_size), true),
             other => {
                 return Err(layout_err(format!(
                     "input shape {other:?}, expected [N, 3, H, W]"
@@ -67,23 +70,42 @@ impl Scrfd {
             })
             .collect();
         let layout = OutputLayout::from_outputs(&name, &outputs)?;
-        let priors = layout
-            .strides
-            .iter()
-            .map(|&s| {
-                let c = anchor_centers(input_size.0, input_size.1, s, layout.anchors_per_cell);
-                (s, c)
-            })
-            .collect();
-        tracing::debug!(model = %name, ?layout, ?input_size, "SCRFD loaded");
+        if cfg.mode == DetectMode::Fast && !(cfg.max_upscale.is_finite() && cfg.max_upscale > 0.0) {
+            return Err(layout_err(format!(
+                "max upscale {} must be positive",
+                cfg.max_upscale
+            )));
+        }
+        tracing::debug!(model = %name, ?layout, ?input_size, dynamic, "SCRFD loaded");
         Ok(Self {
             session,
             name,
             cfg,
             layout,
             input_size,
-            priors,
+            dynamic,
+            priors: HashMap::new(),
         })
+    }
+
+    /// The network input `(width, height)` for a `w x h` photo and the size it is resized to.
+    fn fit(&self, w: u32, h: u32) -> ((u32, u32), (u32, u32)) {
+        let (iw, ih) = self.input_size;
+        let resized = letterbox_fit(w, h, iw, ih);
+        if !(self.dynamic && self.cfg.mode == DetectMode::Fast) {
+            return ((iw, ih), resized);
+        }
+        let up = f64::from(self.cfg.max_upscale);
+        let resized = if f64::from(resized.1) > f64::from(h) * up {
+            (
+                ((f64::from(w) * up) as u32).clamp(1, iw),
+                ((f64::from(h) * up) as u32).clamp(1, ih),
+            )
+        } else {
+            resized
+        };
+        let round = |x: u32, max: u32| x.div_ceil(32).max(1).saturating_mul(32).min(max);
+        ((round(resized.0, iw), round(resized.1, ih)), resized)
     }
 
     /// The output layout read from the model.
@@ -106,8 +128,14 @@ impl Scrfd {
 
 impl FaceDetector for Scrfd {
     fn detect(&mut self, image: &RgbImage) -> Result<Vec<Detection>, ModelError> {
-        let (iw, ih) = self.input_size;
-        let (blob, det_scale) = letterbox_blob(image, iw, ih);
+        let ((iw, ih), (new_w, new_h)) = self.fit(image.width(), image.height());
+        let (blob, det_scale) = letterbox_blob(image, (new_w, new_h), iw, ih);
+        let anchors = self.layout.anchors_per_cell;
+        for &s in &self.layout.strides {
+            self.priors
+                .entry((iw, ih, s))
+                .or_insert_with(|| anchor_centers(iw, ih, s, anchors));
+        }
         let tensor = TensorRef::from_array_view(&blob).map_err(|e| self.infer_err(e))?;
         let outputs =
             self.session
@@ -120,7 +148,7 @@ impl FaceDetector for Scrfd {
         let mut dets = Vec::new();
         let threshold = self.cfg.score_threshold;
         for (si, &stride) in self.layout.strides.iter().enumerate() {
-            let centers = &self.priors[&stride];
+            let centers = &self.priors[&(iw, ih, stride)];
             let head = |idx: usize, channels: usize| -> Result<&[f32], ModelError> {
                 let (shape, data) = outputs[idx].try_extract_tensor::<f32>().map_err(|e| {
                     ModelError::Inference {
@@ -188,18 +216,28 @@ impl FaceDetector for Scrfd {
     }
 }
 
-/// Resizes `image` to fit `iw x ih` keeping its aspect ratio, places it top-left on a black
-/// canvas (InsightFace's letterbox) and normalises to `(x - 127.5) / 128` in NCHW RGB.
-/// Returns the blob and the scale from original to network pixels.
-fn letterbox_blob(image: &RgbImage, iw: u32, ih: u32) -> (Array4<f32>, f32) {
-    let (w, h) = image.dimensions();
+/// The size a `w x h` photo is resized to so it fits `iw x ih` keeping its aspect ratio, with
+/// InsightFace's arithmetic.
+fn letterbox_fit(w: u32, h: u32, iw: u32, ih: u32) -> (u32, u32) {
     let im_ratio = f64::from(h) / f64::from(w);
     let model_ratio = f64::from(ih) / f64::from(iw);
-    let (new_w, new_h) = if im_ratio > model_ratio {
+    if im_ratio > model_ratio {
         (((f64::from(ih) / im_ratio) as u32).max(1), ih)
     } else {
         (iw, ((f64::from(iw) * im_ratio) as u32).max(1))
-    };
+    }
+}
+
+/// Resizes `image` to `new_w x new_h` (at most `iw x ih`), places it top-left on a black
+/// `iw x ih` canvas (InsightFace's letterbox) and normalises to `(x - 127.5) / 128` in NCHW
+/// RGB. Returns the blob and the scale from original to network pixels.
+fn letterbox_blob(
+    image: &RgbImage,
+    (new_w, new_h): (u32, u32),
+    iw: u32,
+    ih: u32,
+) -> (Array4<f32>, f32) {
+    let h = image.height();
     let det_scale = (f64::from(new_h) / f64::from(h)) as f32;
     let resized = resize_bilinear(image, new_w, new_h);
     let pad = (0.0 - 127.5) / 128.0;
@@ -230,7 +268,7 @@ mod tests {
     #[test]
     fn letterbox_keeps_aspect_and_pads_bottom_right() {
         let img = RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
-        let (blob, scale) = letterbox_blob(&img, 64, 64);
+        let (blob, scale) = letterbox_blob(&img, letterbox_fit(200, 100, 64, 64), 64, 64);
         assert!((scale - 0.32).abs() < 1e-6);
         let white = (255.0 - 127.5) / 128.0;
         let pad = -127.5 / 128.0;
@@ -239,7 +277,7 @@ mod tests {
         assert_eq!(blob[[0, 1, 32, 0]], pad);
         // Tall image: pads on the right.
         let tall = RgbImage::from_pixel(50, 100, image::Rgb([200, 200, 200]));
-        let (blob, scale) = letterbox_blob(&tall, 64, 64);
+        let (blob, scale) = letterbox_blob(&tall, letterbox_fit(50, 100, 64, 64), 64, 64);
         assert!((scale - 0.64).abs() < 1e-6);
         assert_eq!(blob[[0, 0, 63, 31]], (200.0 - 127.5) / 128.0);
         assert_eq!(blob[[0, 0, 63, 32]], pad);

@@ -21,6 +21,13 @@ pub fn pipeline() -> Pipeline {
     Pipeline::new(&config()).unwrap_or_else(|e| panic!("pipeline: {e}"))
 }
 
+/// The pipeline with InsightFace's exact 640x640 letterbox (`DetectMode::Exact`).
+pub fn exact_pipeline() -> Pipeline {
+    let mut cfg = config();
+    cfg.detector.mode = facegroup_core::DetectMode::Exact;
+    Pipeline::new(&cfg).unwrap_or_else(|e| panic!("pipeline: {e}"))
+}
+
 /// Cosine similarity of two unit vectors.
 pub fn cos(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
