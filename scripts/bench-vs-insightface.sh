@@ -26,7 +26,7 @@
 #                                 installed if insightface is missing
 #   FACEGROUP_BENCH_ARGS          extra `facegroup bench` flags; ';' separates variants, each gets
 #                                 its own facegroup row, e.g.
-#                                 "--detection-mode exact;--detection-mode fast"
+#                                 "--det-mode exact;--det-mode fast"
 #   GALLERY_DIR, GALLERY_LIMIT    gallery folder; GALLERY_LIMIT=N keeps N photos spread evenly over
 #                                 the sorted list (0 or unset: all), for a quick check
 #   GALLERY_REPEAT=1  WARMUP=1    timed passes over the gallery; untimed passes per set and side

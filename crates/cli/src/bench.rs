@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::args::EngineArgs;
-use crate::engine::{find_images, Engine, ImageResult};
+use crate::engine::{find_images, Engine, ImageResult, StageTimes};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Print one JSON line instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Also print where the time of the timed passes went, per stage (on stderr with --json).
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -64,6 +67,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
 
     let total = engine.stage_times();
+    if args.profile {
+        let table = profile(&warm, &total, seconds, cfg.threads);
+        if args.json {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
+    }
     tracing::info!(
         read_s = round((total.read - warm.read).as_secs_f64(), 3),
         decode_s = round((total.decode - warm.decode).as_secs_f64(), 3),
@@ -100,6 +111,40 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The per-stage table of `--profile`: seconds summed over workers, milliseconds per image,
+/// and share of the workers' time (`threads x wall`); what no stage accounts for is waiting
+/// (for a free pipeline, for work at the end of a pass) or scheduling.
+fn profile(warm: &StageTimes, total: &StageTimes, wall: f64, threads: usize) -> String {
+    let d = |a: std::time::Duration, b: std::time::Duration| (a - b).as_secs_f64();
+    let (c, w) = (&total.core, &warm.core);
+    let images = (c.images - w.images).max(1) as f64;
+    let faces = c.faces - w.faces;
+    let rows = [
+        ("read", d(total.read, warm.read)),
+        ("decode", d(total.decode, warm.decode)),
+        ("detect (letterbox, SCRFD, post)", d(c.detect, w.detect)),
+        ("align", d(c.align, w.align)),
+        ("embed (ArcFace)", d(c.embed, w.embed)),
+        ("quality", d(c.quality, w.quality)),
+    ];
+    let budget = wall * threads.max(1) as f64;
+    let busy: f64 = rows.iter().map(|r| r.1).sum();
+    let mut out =
+        format!("| stage | seconds (all workers) | ms per image | share |\n|---|---:|---:|---:|\n");
+    for (name, s) in rows
+        .iter()
+        .chain([&("idle / other", (budget - busy).max(0.0))])
+    {
+        out += &format!(
+            "| {name} | {s:.3} | {:.2} | {:.1}% |\n",
+            s * 1000.0 / images,
+            100.0 * s / budget
+        );
+    }
+    out += &format!("({images} images, {faces} faces, {threads} threads x {wall:.2} s wall)\n");
+    out
 }
 
 fn count_faces(results: &[ImageResult]) -> usize {

@@ -48,6 +48,8 @@ pub struct StageTimes {
     pub decode: Duration,
     /// Detection, alignment, embedding and quality (one core call).
     pub analyze: Duration,
+    /// Inside `analyze`, per core stage (summed over the pipelines).
+    pub core: facegroup_core::StageTimes,
 }
 
 /// K ready pipelines.
@@ -134,6 +136,7 @@ impl Engine {
             read: get(&self.times.read),
             decode: get(&self.times.decode),
             analyze: get(&self.times.analyze),
+            core: self.pool.stage_times(),
         }
     }
 }

@@ -35,7 +35,7 @@ pub use group::{
     assign_new_faces, group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError,
     GroupMode, Groups, KnnConfig, MustLink, Person,
 };
-pub use pipeline::{Face, Pipeline, PipelineConfig};
+pub use pipeline::{Face, Pipeline, PipelineConfig, StageTimes};
 pub use pool::PipelinePool;
 pub use quality::{Quality, QualityConfig, QualityReason};
 pub use record::{face_id, model_version, FaceRecord};

@@ -1,6 +1,7 @@
 //! The whole per-image job: decode -> detect -> align -> embed -> quality.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,35 @@ pub struct Pipeline {
     quality: QualityConfig,
     decode: DecodeOptions,
     model_version: String,
+    times: StageTimes,
+}
+
+/// Time a pipeline spent per stage since it was built (for `facegroup bench --profile`): two
+/// clock reads per stage and image, nothing next to the inference itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StageTimes {
+    /// Letterbox, detector run and its post-processing (decode, NMS).
+    pub detect: Duration,
+    /// Similarity transform and warp of each face to the embedder's crop.
+    pub align: Duration,
+    /// Embedder runs (all faces of a call in one batch).
+    pub embed: Duration,
+    /// Quality measures of each crop.
+    pub quality: Duration,
+    /// Images and faces analysed.
+    pub images: u64,
+    pub faces: u64,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, o: Self) {
+        self.detect += o.detect;
+        self.align += o.align;
+        self.embed += o.embed;
+        self.quality += o.quality;
+        self.images += o.images;
+        self.faces += o.faces;
+    }
 }
 
 impl Pipeline {
@@ -93,7 +123,13 @@ impl Pipeline {
             quality,
             decode,
             model_version,
+            times: StageTimes::default(),
         }
+    }
+
+    /// Time spent per stage so far.
+    pub fn stage_times(&self) -> StageTimes {
+        self.times
     }
 
     /// The model version faces of this pipeline are recorded under ([`model_version`]).
@@ -118,16 +154,26 @@ impl Pipeline {
         let size = self.embedder.input_size();
         let mut pending: Vec<(usize, Detection, Landmarks, RgbImage, Affine)> = Vec::new();
         for (i, image) in images.iter().enumerate() {
-            for det in self.detector.detect(image)? {
+            let t = Instant::now();
+            let detections = self.detector.detect(image)?;
+            self.times.detect += t.elapsed();
+            let t = Instant::now();
+            for det in detections {
                 let landmarks = det
                     .landmarks
                     .unwrap_or_else(|| landmarks_from_box(&det.bbox));
                 let (crop, transform) = align_face(image, &landmarks, size);
                 pending.push((i, det, landmarks, crop, transform));
             }
+            self.times.align += t.elapsed();
         }
         let crops: Vec<&RgbImage> = pending.iter().map(|p| &p.3).collect();
+        let t = Instant::now();
         let embeddings = self.embedder.embed(&crops)?;
+        self.times.embed += t.elapsed();
+        self.times.images += images.len() as u64;
+        self.times.faces += pending.len() as u64;
+        let t = Instant::now();
         let mut out: Vec<Vec<Face>> = images.iter().map(|_| Vec::new()).collect();
         for ((i, det, landmarks, crop, transform), embedding) in pending.into_iter().zip(embeddings)
         {
@@ -144,6 +190,7 @@ impl Pipeline {
                 crop,
             });
         }
+        self.times.quality += t.elapsed();
         Ok(out)
     }
 }

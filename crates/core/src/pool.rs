@@ -52,6 +52,16 @@ impl PipelinePool {
         &self.model_version
     }
 
+    /// The stage times of the pipelines that are free now, summed (all of them when no job
+    /// runs, e.g. at the end of a benchmark).
+    pub fn stage_times(&self) -> crate::StageTimes {
+        let mut total = crate::StageTimes::default();
+        for p in lock(&self.free).iter() {
+            total += p.stage_times();
+        }
+        total
+    }
+
     /// Runs `f` with a free pipeline, blocking until one is free.
     ///
     /// # Panics
