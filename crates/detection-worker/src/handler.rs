@@ -4,6 +4,12 @@
 //! message (after a crash or a lost delete) rewrites the same documents and completes what the
 //! crashed attempt left; a duplicate of a finished image is acknowledged without redoing it.
 //!
+//! Deleted images (README "Deletion"): a job whose image or gallery is a tombstone when it
+//! starts, or became one by the time of its last write (the gallery is checked just before it,
+//! and `mark_done` never matches an image tombstone), erases whatever of the image it or an
+//! earlier attempt wrote and is acknowledged, so a late or racing detection never brings a
+//! deleted image back.
+//!
 //! Error classes: a decode failure is the input's (permanent); an inference failure or a panic
 //! on one image is *suspect*, and the consumer asks [`Handler::probe`] to run the pipeline on a
 //! known-good image: it passes -> the image is marked failed (one poison image no longer kills
@@ -13,6 +19,7 @@
 use std::sync::{Arc, Mutex};
 
 use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, ModelError, PipelinePool};
+use facegroup_worker::erase::{erase_image, result_key};
 use facegroup_worker::fault;
 use facegroup_worker::jobs::{self, DetectionJob, GroupingJob};
 use facegroup_worker::mongo::{image_key, Begin, ImageRef, MongoStore};
@@ -164,9 +171,13 @@ impl Handler for DetectionHandler {
             callback: job.callback.as_deref(),
             metadata: job.metadata.as_ref(),
         };
-        if self.mongo.begin(&img, self.pool.model_version()).await? == Begin::AlreadyDone {
-            info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
-            return Ok(JobReport::default());
+        match self.mongo.begin(&img, self.pool.model_version()).await? {
+            Begin::Run => {}
+            Begin::AlreadyDone => {
+                info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
+                return Ok(JobReport::default());
+            }
+            Begin::Deleted => return self.drop_deleted(&job).await,
         }
         fault::crash_point("after_begin");
         let bytes = self.s3.get(&job.bucket, &job.key).await?;
@@ -201,10 +212,7 @@ impl Handler for DetectionHandler {
                 })
                 .collect(),
         };
-        let key = format!(
-            "{}{}/{}.json",
-            self.results_prefix, job.gallery_id, job.image_id
-        );
+        let key = result_key(&self.results_prefix, &job.gallery_id, &job.image_id);
         self.s3.put_json(&key, &doc).await?;
         fault::crash_point("after_put_json");
 
@@ -214,9 +222,19 @@ impl Handler for DetectionHandler {
             self.maybe_enqueue_grouping(&job.gallery_id, &job.image_id, faces.len())
                 .await?;
         }
-        self.mongo
-            .mark_done(&job.gallery_id, &job.image_id, faces.len(), model_version)
-            .await?;
+        fault::pause_point("before_mark_done").await;
+        // Deleted while this job ran: the tombstone (the gallery's, or the image's, which
+        // `mark_done` never overwrites) came after some of the writes above, so erase them (the
+        // deletion erased those before it). `mark_done` stays the last write of a live image:
+        // nothing after it can be cut off by a shutdown.
+        if self.mongo.gallery_deleted(&job.gallery_id).await?
+            || !self
+                .mongo
+                .mark_done(&job.gallery_id, &job.image_id, faces.len(), model_version)
+                .await?
+        {
+            return self.drop_deleted(&job).await;
+        }
         fault::crash_point("after_mark_done");
         info!(image_id = %job.image_id, gallery_id = %job.gallery_id, faces = faces.len(), "image done");
         Ok(JobReport {
@@ -251,6 +269,21 @@ impl Handler for DetectionHandler {
 }
 
 impl DetectionHandler {
+    /// Acknowledges a job of a deleted image after erasing what this or an earlier attempt of
+    /// it may have written (the image ends as a tombstone).
+    async fn drop_deleted(&self, job: &DetectionJob) -> Result<JobReport, JobError> {
+        erase_image(
+            &self.mongo,
+            &self.s3,
+            &self.results_prefix,
+            &job.gallery_id,
+            &job.image_id,
+        )
+        .await?;
+        info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "image was deleted; job dropped");
+        Ok(JobReport::default())
+    }
+
     /// Debounced grouping: the gallery's new faces crossing the threshold with no job pending
     /// enqueues one (only one concurrent caller can win that claim; a claim whose send was lost
     /// is re-sent by this image's redelivery or, once it expires, by a later detection).

@@ -183,7 +183,7 @@ async fn workers_and_scaler_run_under_the_stacks_iam_policies() {
     for (who, client, key) in [
         ("detection", &detection, "groups/g/forged.json"),
         ("detection", &detection, "photos/overwrite.jpg"),
-        ("grouping", &grouping, "faces/g/forged.json"),
+        ("grouping", &grouping, "thumbnails/g/forged.jpg"),
         ("grouping", &grouping, "photos/overwrite.jpg"),
     ] {
         let put = client

@@ -18,7 +18,7 @@ use facegroup_testkit::{
     start_mongo_on, start_moto, wait_exit, wait_for, CrashRun, Server, TempDir, TestStack,
     WorkerTiming, REFERENCE,
 };
-use facegroup_worker::mongo::image_key;
+use facegroup_worker::mongo::{decode_embedding, image_key};
 
 const GALLERY: &str = "g1";
 
@@ -268,6 +268,7 @@ async fn end_to_end_photos_to_persons() {
             ("FACEGROUP_DRAIN", "true"),
             ("FACEGROUP_GROUPING_QUEUE_URL", &group_queue),
             ("FACEGROUP_GROUP_AFTER_FACES", "1"),
+            ("AWS_SECRET_ACCESS_KEY", LOG_SECRET),
         ],
     );
     let status = wait_exit(&mut det, Duration::from_secs(300)).await;
@@ -301,7 +302,11 @@ async fn end_to_end_photos_to_persons() {
     // Debounced: many faces arrived, one grouping job is pending for the gallery.
     assert_eq!(queue_counts(&s.sqs, &group_queue).await, (1, 0));
 
-    let mut grp = s.worker("grouping", &group_queue, &[("FACEGROUP_DRAIN", "true")]);
+    let grouping_env = [
+        ("FACEGROUP_DRAIN", "true"),
+        ("AWS_SECRET_ACCESS_KEY", LOG_SECRET),
+    ];
+    let mut grp = s.worker("grouping", &group_queue, &grouping_env);
     let status = wait_exit(&mut grp, Duration::from_secs(120)).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(queue_counts(&s.sqs, &group_queue).await, (0, 0));
@@ -373,7 +378,7 @@ async fn end_to_end_photos_to_persons() {
     // A second full run keeps the person ids.
     s.send(&group_queue, json!({"gallery_id": GALLERY, "mode": "full"}))
         .await;
-    let mut grp = s.worker("grouping", &group_queue, &[("FACEGROUP_DRAIN", "true")]);
+    let mut grp = s.worker("grouping", &group_queue, &grouping_env);
     assert_eq!(
         wait_exit(&mut grp, Duration::from_secs(120)).await.code(),
         Some(0)
@@ -382,6 +387,64 @@ async fn end_to_end_photos_to_persons() {
     assert_ne!(latest2["run_id"], latest["run_id"]);
     let run2 = s.s3_json(latest2["key"].as_str().expect("key")).await;
     assert_eq!(run2["persons"], run["persons"]);
+
+    // What the workers logged carries no face data, no photo and no secret.
+    let mut embeddings = Vec::new();
+    for (p, _) in &photos {
+        for f in s.faces_of(p).await {
+            let bytes = f.get_binary_generic("embedding").expect("embedding");
+            embeddings.push(decode_embedding(bytes).expect("embedding length"));
+        }
+    }
+    let logs: String = ["detection", "grouping"]
+        .iter()
+        .map(|tag| std::fs::read_to_string(s.log_path(tag)).expect("log"))
+        .collect();
+    assert!(logs.contains("image done"), "the logs were read");
+    assert_logs_carry_no_face_data(&logs, &embeddings, &photos);
+}
+
+/// The secret access key the end-to-end test gives the workers (moto accepts any).
+const LOG_SECRET: &str = "e2e-secret-Zq8vK3pWm1";
+
+/// No secret, no photo bytes (raw or base64) and no embedding (no stored value, no long run of
+/// numbers) in `logs`.
+fn assert_logs_carry_no_face_data(
+    logs: &str,
+    embeddings: &[Vec<f32>],
+    photos: &[(String, Vec<u8>)],
+) {
+    assert!(!logs.contains(LOG_SECRET), "the AWS secret key was logged");
+    for marker in ["JFIF", "Exif", "/9j/", "\\u00ff\\u00d8", "ffd8ff"] {
+        assert!(!logs.contains(marker), "photo bytes ({marker}) logged");
+    }
+    for (id, bytes) in photos {
+        let head = String::from_utf8_lossy(&bytes[..64.min(bytes.len())]).into_owned();
+        assert!(!logs.contains(&head), "{id}: photo bytes logged");
+    }
+    let mut checked = 0;
+    for e in embeddings {
+        for v in e {
+            // Short renderings (0.5, -1) could occur in any log line by chance.
+            let text = v.to_string();
+            if text.len() >= 8 {
+                assert!(!logs.contains(&text), "embedding value {text} logged");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "only {checked} embedding values checked");
+    // Nor any other vector: no run of 16 or more numbers in a row.
+    let longest = logs
+        .split(|c: char| !(c.is_ascii_digit() || ".-+eE, ".contains(c)))
+        .map(|run| {
+            run.split(',')
+                .filter(|n| n.trim().parse::<f64>().is_ok())
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 16, "a run of {longest} numbers logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -809,4 +872,79 @@ async fn exit_codes_follow_the_contract() {
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("FACEGROUP_MONGODB_URI"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detection_racing_a_deletion_ends_deleted() {
+    let s = stack("race").await;
+    let (queue, _) = create_queue(&s.sqs, "detect", 30, Some(5)).await;
+    let (group_queue, _) = create_queue(&s.sqs, "group", 30, Some(5)).await;
+    let key = s.upload_photo("obama.jpg").await;
+    s.send_detection(&queue, "racer", &key).await;
+    // The detection stops after writing faces and result JSON, before its last write (the
+    // status): the deletion runs exactly then.
+    let pause = TempDir::new("race-pause");
+    let dir = pause.path().to_str().expect("utf8 path").to_string();
+    let mut det = s.worker(
+        "detection",
+        &queue,
+        &[
+            ("FACEGROUP_DRAIN", "true"),
+            ("FACEGROUP_TEST_PAUSE_AT", "before_mark_done"),
+            ("FACEGROUP_TEST_PAUSE_DIR", &dir),
+        ],
+    );
+    let reached = pause.path().join("before_mark_done.reached");
+    wait_for(
+        "detection at its last write",
+        Duration::from_secs(120),
+        || {
+            let r = reached.clone();
+            async move { r.exists() }
+        },
+    )
+    .await;
+    assert!(!s.faces_of("racer").await.is_empty(), "faces written");
+    s.s3_json(&format!("faces/{GALLERY}/racer.json")).await;
+
+    let deletion =
+        json!({"type": "delete", "scope": "image", "gallery_id": GALLERY, "image_id": "racer"});
+    s.send(&group_queue, deletion).await;
+    let mut grp = s.worker("grouping", &group_queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut grp, Duration::from_secs(120)).await.code(),
+        Some(0)
+    );
+    std::fs::write(pause.path().join("before_mark_done.go"), b"").expect("resume");
+    assert_eq!(
+        wait_exit(&mut det, Duration::from_secs(120)).await.code(),
+        Some(0)
+    );
+    assert_only_tombstone_left(&s, "racer", &key).await;
+
+    // A late redelivery of the detection is dropped: still deleted.
+    s.send_detection(&queue, "racer", &key).await;
+    let mut det = s.worker("detection", &queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut det, Duration::from_secs(120)).await.code(),
+        Some(0)
+    );
+    assert_only_tombstone_left(&s, "racer", &key).await;
+    assert_eq!(queue_counts(&s.sqs, &queue).await, (0, 0));
+    assert_eq!(queue_counts(&s.sqs, &group_queue).await, (0, 0));
+}
+
+/// The image's tombstone is all there is of it: no face, and no object but the upload.
+async fn assert_only_tombstone_left(s: &Stack, image_id: &str, upload: &str) {
+    let img = s.image(image_id).await.expect("tombstone");
+    assert_eq!(img.get_str("status"), Ok("deleted"), "{img}");
+    let fields: BTreeSet<&str> = img.keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["_id", "gallery_id", "status", "deleted_at"]),
+        "{img}"
+    );
+    assert_eq!(s.faces().count_documents(doc! {}).await.expect("count"), 0);
+    let objects = facegroup_testkit::s3_objects(&s.s3, &s.bucket).await;
+    assert_eq!(objects.keys().collect::<Vec<_>>(), [upload]);
 }

@@ -30,7 +30,7 @@ use facegroup_core::{group_faces, regroup, FaceInput, GroupConfig, GroupError, G
 use facegroup_worker::gallery::{
     Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
 };
-use facegroup_worker::jobs::{self, GroupingJob};
+use facegroup_worker::jobs::{self, GroupingJob, GroupingQueueJob};
 use facegroup_worker::mongo::MongoStore;
 use facegroup_worker::s3::S3Store;
 use facegroup_worker::{fault, Handler, JobError, JobReport, Message};
@@ -46,6 +46,8 @@ pub struct GroupingHandler {
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
     pub groups_prefix: String,
+    /// Key prefix of the detection worker's per-image result JSONs (deletion jobs erase them).
+    pub results_prefix: String,
     pub model_version: String,
     pub config: GroupConfig,
     pub lease: LeaseTiming,
@@ -95,7 +97,10 @@ pub struct Latest {
 
 impl Handler for GroupingHandler {
     async fn handle(&self, msg: &Message) -> Result<JobReport, JobError> {
-        let job: GroupingJob = jobs::parse(&msg.body)?;
+        let job = match jobs::parse_grouping_queue(&msg.body)? {
+            GroupingQueueJob::Group(job) => job,
+            GroupingQueueJob::Delete(deletion) => return self.delete(msg, &deletion).await,
+        };
         jobs::check_id("gallery_id", &job.gallery_id)?;
         let mut cfg = self.config.clone();
         if let Some(q) = job.min_quality {
@@ -166,12 +171,12 @@ enum Leased {
 }
 
 /// What a committed job leaves to do.
-struct Committed {
-    run_number: u64,
-    run_id: String,
-    key: String,
-    groups: Groups,
-    rerun: Option<Rerun>,
+pub(crate) struct Committed {
+    pub(crate) run_number: u64,
+    pub(crate) run_id: String,
+    pub(crate) key: String,
+    pub(crate) groups: Groups,
+    pub(crate) rerun: Option<Rerun>,
 }
 
 impl GroupingHandler {
@@ -232,6 +237,10 @@ impl GroupingHandler {
         lease: &Lease,
         state: GroupingState,
     ) -> Result<Leased, JobError> {
+        if state.deleted {
+            info!(gallery_id = %job.gallery_id, "gallery was deleted; nothing to group");
+            return Ok(Leased::Empty(self.galleries.release(lease).await?));
+        }
         // Cleared under the lease: faces that arrive from now on trigger the next job, and this
         // job reads the faces after the clear, so it covers everything before it.
         self.mongo.clear_grouping_pending(&job.gallery_id).await?;
@@ -260,16 +269,31 @@ impl GroupingHandler {
         .await
         .map_err(|e| JobError::suspect(format!("grouping thread died: {e}")))?
         .map_err(classify)?;
+        let model_version = &self.model_version;
+        self.commit_run(lease, mode, model_version, face_count, groups, next_person)
+            .await
+            .map(Leased::Committed)
+    }
 
+    /// Step 4: writes `groups` as run `lease.token` and commits it, which releases the lease.
+    pub(crate) async fn commit_run(
+        &self,
+        lease: &Lease,
+        mode: GroupMode,
+        model_version: &str,
+        face_count: usize,
+        groups: Groups,
+        next_person: u64,
+    ) -> Result<Committed, JobError> {
         let run_number = lease.token;
         let run_id = format!("run-{run_number:010}");
-        let key = format!("{}{}/{run_id}.json", self.groups_prefix, job.gallery_id);
+        let key = self.run_key(&lease.gallery_id, run_number);
         let run = GroupRun {
-            gallery_id: job.gallery_id.clone(),
+            gallery_id: lease.gallery_id.clone(),
             run_id: run_id.clone(),
             run_number,
             mode,
-            model_version: self.model_version.clone(),
+            model_version: model_version.to_string(),
             created_at_ms: facegroup_worker::now_ms(),
             face_count,
             persons: groups.persons.clone(),
@@ -284,22 +308,22 @@ impl GroupingHandler {
             face_count: face_count as u64,
         };
         match self.galleries.commit(lease, &commit, next_person).await? {
-            Commit::Committed { rerun } => Ok(Leased::Committed(Committed {
+            Commit::Committed { rerun } => Ok(Committed {
                 run_number,
                 run_id,
                 key,
                 groups,
                 rerun,
-            })),
+            }),
             Commit::Lost => Err(JobError::temporary(format!(
                 "gallery {}: lease {run_number} was taken over before the commit",
-                job.gallery_id
+                lease.gallery_id
             ))),
         }
     }
 
     /// Renews the lease until it is lost or cannot be renewed before it expires; returns why.
-    async fn keep_lease(&self, lease: &Lease) -> JobError {
+    pub(crate) async fn keep_lease(&self, lease: &Lease) -> JobError {
         let mut tick = tokio::time::interval(self.lease.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // immediate: the lease was just taken
@@ -347,7 +371,11 @@ impl GroupingHandler {
 
     /// `latest.json`, only while this run is still the committed one (a newer run writes its
     /// own); readers that need certainty use MongoDB.
-    async fn write_latest(&self, gallery_id: &str, done: &Committed) -> Result<(), JobError> {
+    pub(crate) async fn write_latest(
+        &self,
+        gallery_id: &str,
+        done: &Committed,
+    ) -> Result<(), JobError> {
         let current = self.galleries.state(gallery_id).await?;
         if current.committed.as_ref().map(|c| c.run_number) != Some(done.run_number) {
             return Ok(());
@@ -368,7 +396,7 @@ impl GroupingHandler {
 
     /// One grouping job for the requests coalesced into this job's lease. A failed send fails
     /// this job (temporary): its retry regroups everything, so no request is lost.
-    async fn follow_up(&self, gallery_id: &str, rerun: Rerun) -> Result<(), JobError> {
+    pub(crate) async fn follow_up(&self, gallery_id: &str, rerun: Rerun) -> Result<(), JobError> {
         let body = serde_json::to_string(&GroupingJob {
             gallery_id: gallery_id.to_string(),
             mode: if rerun.full {

@@ -2,12 +2,14 @@
 //! MongoDB into persons with `facegroup_core::group` (keeping the person ids of the committed
 //! run), writes `s3://BUCKET/groups/{gallery}/{run}.json`, commits it in MongoDB under the
 //! gallery's lease (`facegroup_worker::gallery`), sets person ids on the faces and copies the
-//! pointer to `latest.json` for readers. Exit codes: see the `facegroup_worker` crate docs
+//! pointer to `latest.json` for readers. Deletion jobs on the same queue erase an image, a
+//! gallery or a person under the same lease ([`deletion`]). Exit codes: see the `facegroup_worker` crate docs
 //! (3 when FAISS/the GPU fails the probe after a failed job).
 //!
 //! This file only wires flags to the engine: the lifecycle is `facegroup_worker::run`, the job
 //! is [`handler::GroupingHandler`].
 
+mod deletion;
 mod handler;
 
 use std::time::Duration;
@@ -31,6 +33,11 @@ struct Cli {
     /// Key prefix of group results: PREFIX{gallery_id}/{run}.json and PREFIX{gallery_id}/latest.json.
     #[arg(long, env = "FACEGROUP_GROUPS_PREFIX", default_value = "groups/")]
     groups_prefix: String,
+
+    /// Key prefix of the detection worker's per-image result JSONs, which deletion jobs erase
+    /// (the detection worker's FACEGROUP_RESULTS_PREFIX).
+    #[arg(long, env = "FACEGROUP_RESULTS_PREFIX", default_value = "faces/")]
+    results_prefix: String,
 
     /// The models whose faces are grouped (their file names make the model version: embeddings
     /// of different models are not comparable). `--provider cuda` searches the kNN graph with
@@ -64,6 +71,7 @@ fn main() {
             queue_url: cli.common.queue_url.clone(),
             lease: LeaseTiming::new(Duration::from_secs(cli.lease_secs)),
             groups_prefix: cli.groups_prefix.clone(),
+            results_prefix: cli.results_prefix.clone(),
             model_version: cli.model.model_version(),
             config,
         },

@@ -2,8 +2,8 @@
 //! MongoDB), on synthetic faces stored in the shape the detection worker writes: the first
 //! grouping of a gallery reads no S3 key that may not exist, concurrent jobs of one gallery end
 //! in one committed run, an empty face set keeps the committed run, a runtime failure mid-job
-//! exits 3 and releases the message, and a crash at every write step followed by a rerun ends
-//! in the state of an uninterrupted run.
+//! exits 3 and releases the message, a crash at every write step followed by a rerun ends
+//! in the state of an uninterrupted run, and deletion jobs leave nothing of what they delete.
 //!
 //! The binary is the one cargo builds for these tests: the dev-dependency on
 //! `facegroup-worker/testing` compiles its fault hook in; `cargo build` of the binary has none.
@@ -573,4 +573,272 @@ async fn end_state(s: &Stack, gallery: &str) -> Value {
         .map(|p| json!({"person_id": p["person_id"], "face_ids": strip(&p["face_ids"])}))
         .collect();
     json!({"persons": persons, "unassigned": strip(&run["unassigned"])})
+}
+
+/// Everything stored, as JSON text per document/object: the faces, images and galleries
+/// collections and every object in the bucket (listed, not assumed).
+async fn everything(s: &Stack) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (db, coll) in [
+        ("gallery_images", "faces"),
+        ("huemn", "images"),
+        ("huemn", "galleries"),
+    ] {
+        for d in all_docs(s, db, coll).await {
+            let id = format!(
+                "{coll}:{}",
+                d.get("_id").map(|b| b.to_string()).unwrap_or_default()
+            );
+            out.insert(id, d.to_string());
+        }
+    }
+    for (key, body) in facegroup_testkit::s3_objects(&s.s3, &s.bucket).await {
+        out.insert(
+            format!("s3:{key}"),
+            String::from_utf8_lossy(&body).into_owned(),
+        );
+    }
+    out
+}
+
+/// Every document of `db.coll`.
+async fn all_docs(s: &Stack, db: &str, coll: &str) -> Vec<Document> {
+    s.db.database(db)
+        .collection::<Document>(coll)
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("docs")
+}
+
+/// Asserts no stored name or content mentions `needle`.
+fn assert_gone(all: &BTreeMap<String, String>, needle: &str) {
+    let hits: Vec<&String> = all
+        .iter()
+        .filter(|(k, v)| k.contains(needle) || v.contains(needle))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(hits.is_empty(), "{needle} still in {hits:?}");
+}
+
+impl Stack {
+    /// The status document and result JSON the detection worker leaves for each stored image.
+    async fn add_image_records(&self) {
+        let faces = self.all_faces().await;
+        let mut by_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in &faces {
+            let image = f.get_str("image_id").expect("image id");
+            let image = image.strip_prefix(&format!("{GALLERY}/")).expect("scoped");
+            by_image
+                .entry(image.to_string())
+                .or_default()
+                .push(f.get_str("_id").expect("id").to_string());
+        }
+        for (image, ids) in by_image {
+            self.db
+                .database("huemn")
+                .collection::<Document>("images")
+                .insert_one(doc! {"_id": format!("{GALLERY}/{image}"), "image_id": &image,
+                    "gallery_id": GALLERY, "bucket": "photos", "key": format!("uploads/{image}.jpg"),
+                    "status": "done", "face_count": ids.len() as i32,
+                    "metadata": {"uploader": "someone@example.com"}})
+                .await
+                .expect("insert image");
+            let body = json!({"image_id": image, "gallery_id": GALLERY,
+                "faces": ids.iter().map(|id| json!({"face_id": id})).collect::<Vec<_>>()});
+            self.s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(format!("faces/{GALLERY}/{image}.json"))
+                .body(body.to_string().into_bytes().into())
+                .send()
+                .await
+                .expect("put result");
+        }
+    }
+
+    /// Runs one draining worker over what is queued.
+    async fn drain(&self, n: usize) {
+        let mut w = self.worker(n, &[]);
+        assert_eq!(
+            wait_exit(&mut w, Duration::from_secs(180)).await.code(),
+            Some(0)
+        );
+        assert_eq!(queue_counts(&self.sqs, &self.dlq).await, (0, 0));
+        assert_eq!(queue_counts(&self.sqs, &self.queue).await, (0, 0));
+    }
+
+    /// Sends `body` twice in turn: after the first run and after the redelivered one, the
+    /// stores are the same (but for the lease counter a job takes).
+    async fn delete_twice(&self, body: Value, n: usize) -> BTreeMap<String, String> {
+        self.send(&self.queue, body.clone()).await;
+        self.drain(n).await;
+        let once = everything(self).await;
+        let state = self.galleries().state(GALLERY).await.expect("state");
+        self.send(&self.queue, body.clone()).await;
+        self.drain(n + 1).await;
+        let twice = everything(self).await;
+        let without_gallery = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("galleries:"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(without_gallery(&twice), without_gallery(&once), "{body}");
+        let again = self.galleries().state(GALLERY).await.expect("state");
+        assert_eq!(again.committed, state.committed, "{body}");
+        assert_eq!(again.next_person, state.next_person, "{body}");
+        twice
+    }
+}
+
+fn person_of(run: &Value, face_prefix: &str) -> String {
+    run["persons"]
+        .as_array()
+        .expect("persons")
+        .iter()
+        .find(|p| {
+            p["face_ids"]
+                .as_array()
+                .expect("faces")
+                .iter()
+                .any(|f| f.as_str().is_some_and(|f| f.starts_with(face_prefix)))
+        })
+        .and_then(|p| p["person_id"].as_str())
+        .expect("a person")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back() {
+    let s = stack("deletion", None).await;
+    for p in 0..4 {
+        s.add_faces(p, 0, 3).await;
+    }
+    s.add_image_records().await;
+    s.send_job("full").await;
+    s.drain(0).await;
+    let run = s.committed_run().await;
+    assert_eq!(run["persons"].as_array().map(Vec::len), Some(4));
+    let p1 = person_of(&run, &format!("{GALLERY}/p1-"));
+    let p2 = person_of(&run, &format!("{GALLERY}/p2-"));
+
+    // One image: a tombstone is all that is left of it, everywhere; redelivered, nothing changes.
+    let all = s
+        .delete_twice(
+            json!({"type": "delete", "scope": "image", "gallery_id": GALLERY, "image_id": "p0-img0"}),
+            1,
+        )
+        .await;
+    assert!(all.contains_key(&format!("images:\"{GALLERY}/p0-img0\"")));
+    let others: BTreeMap<_, _> = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("images:"))
+        .collect();
+    assert_gone(&others, "p0-img0");
+    let tomb: Document =
+        s.db.database("huemn")
+            .collection::<Document>("images")
+            .find_one(doc! {"_id": format!("{GALLERY}/p0-img0")})
+            .await
+            .expect("find")
+            .expect("tombstone");
+    let fields: BTreeSet<&str> = tomb.keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["_id", "gallery_id", "status", "deleted_at"]),
+        "{tomb}"
+    );
+    assert_eq!(tomb.get_str("status"), Ok("deleted"));
+    let run = s.committed_run().await;
+    assert_eq!(run["face_count"].as_u64(), Some(11));
+    assert_faces_match(&s, &run).await;
+
+    // A person, only its grouping: the faces stay, unassigned; the id is retired.
+    s.delete_twice(
+        json!({"type": "delete", "scope": "person", "gallery_id": GALLERY, "person_id": p1, "faces": false}),
+        3,
+    )
+    .await;
+    let run = s.committed_run().await;
+    let a = assignment(&run);
+    let p1_faces: Vec<_> = a
+        .iter()
+        .filter(|(f, _)| f.starts_with(&format!("{GALLERY}/p1-")))
+        .collect();
+    assert_eq!(p1_faces.len(), 3);
+    assert!(p1_faces.iter().all(|(_, p)| p.is_none()), "{p1_faces:?}");
+    assert_faces_match(&s, &run).await;
+    assert_gone(&everything(&s).await, &format!("\"{p1}\""));
+
+    // A person with its faces: gone from faces, result JSONs and runs.
+    let all = s
+        .delete_twice(
+            json!({"type": "delete", "scope": "person", "gallery_id": GALLERY, "person_id": p2, "faces": true}),
+            5,
+        )
+        .await;
+    assert_gone(&all, &format!("\"{p2}\""));
+    for i in 0..3 {
+        assert_gone(&all, &format!("{GALLERY}/p2-img{i}:"));
+    }
+    let json = &all[&format!("s3:faces/{GALLERY}/p2-img0.json")];
+    assert!(json.contains("\"faces\": []"), "{json}");
+
+    // A full regroup reads only what is left: p1's faces form a person under a new id.
+    s.send_job("full").await;
+    s.drain(7).await;
+    let run = s.committed_run().await;
+    assert_faces_match(&s, &run).await;
+    assert_eq!(run["face_count"].as_u64(), Some(8));
+    let all = everything(&s).await;
+    for i in 0..3 {
+        assert_gone(&all, &format!("{GALLERY}/p2-img{i}:"));
+    }
+    assert_gone(&all, &format!("{GALLERY}/p0-img0:"));
+    assert_gone(&all, &format!("\"{p1}\""));
+    assert_gone(&all, &format!("\"{p2}\""));
+    let regrouped = person_of(&run, &format!("{GALLERY}/p1-"));
+    assert_eq!(regrouped, "person-5", "a new id after the four handed out");
+
+    // The gallery: tombstones for its images and itself, nothing else, in MongoDB or S3.
+    let all = s
+        .delete_twice(
+            json!({"type": "delete", "scope": "gallery", "gallery_id": GALLERY}),
+            8,
+        )
+        .await;
+    s.send_job("full").await;
+    s.drain(10).await;
+    let after_regroup = everything(&s).await;
+    assert_eq!(
+        after_regroup.keys().collect::<Vec<_>>(),
+        all.keys().collect::<Vec<_>>()
+    );
+    let images = all_docs(&s, "huemn", "images").await;
+    assert_eq!(images.len(), 12);
+    for d in &images {
+        let fields: BTreeSet<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from(["_id", "gallery_id", "status", "deleted_at"]),
+            "{d}"
+        );
+    }
+    let rest: Vec<&String> = after_regroup
+        .keys()
+        .filter(|k| !k.starts_with("images:"))
+        .collect();
+    assert_eq!(
+        rest,
+        [&format!("galleries:\"{GALLERY}\"")],
+        "only the gallery tombstone"
+    );
+    let gallery = &after_regroup[&format!("galleries:\"{GALLERY}\"")];
+    assert!(
+        gallery.contains("deleted_at") && !gallery.contains("committed") && !gallery.contains("p0"),
+        "{gallery}"
+    );
 }

@@ -109,6 +109,11 @@ fn queue_url(
 
 /// The JSON object at `s3://bucket/key`; panics (naming the key) when it is missing or not JSON.
 pub async fn s3_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> serde_json::Value {
+    serde_json::from_slice(&s3_bytes(s3, bucket, key).await).expect("json")
+}
+
+/// The body of `s3://bucket/key`; panics (naming the key) when it is missing.
+pub async fn s3_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
     let out = s3
         .get_object()
         .bucket(bucket)
@@ -116,6 +121,33 @@ pub async fn s3_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> serde_
         .send()
         .await
         .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
-    let bytes = out.body.collect().await.expect("body").into_bytes();
-    serde_json::from_slice(&bytes).expect("json")
+    out.body
+        .collect()
+        .await
+        .expect("body")
+        .into_bytes()
+        .to_vec()
+}
+
+/// Every object of `bucket`, key -> body (listed, so a test sees what is really there: one
+/// page of up to 1,000 keys, plenty for a test bucket).
+pub async fn s3_objects(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+    assert!(
+        !listed.is_truncated().unwrap_or(false),
+        "more than one page"
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for key in listed.contents().iter().filter_map(|o| o.key()) {
+        out.insert(key.to_string(), s3_bytes(s3, bucket, key).await);
+    }
+    out
 }

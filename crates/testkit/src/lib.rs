@@ -30,7 +30,7 @@ pub mod stack;
 mod wait;
 
 #[cfg(feature = "aws")]
-pub use aws::{create_queue, moto_loader, queue_counts, s3_json, sdk_config};
+pub use aws::{create_queue, moto_loader, queue_counts, s3_bytes, s3_json, s3_objects, sdk_config};
 pub use paths::{image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
 pub use rng::{normalise, Rng};
 pub use server::{

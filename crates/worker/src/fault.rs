@@ -10,6 +10,10 @@
 //!   poison image: inference fails on it, the runtime is fine).
 //! - `FACEGROUP_TEST_BREAK_RUNTIME=ID`: [`runtime_broken`] turns true once that input is seen,
 //!   for every later inference and probe (a GPU lost mid-job).
+//! - `FACEGROUP_TEST_PAUSE_AT=STEP` with `FACEGROUP_TEST_PAUSE_DIR=DIR`: [`pause_point`] stops
+//!   the job at the named step: it creates `DIR/STEP.reached` and waits until `DIR/STEP.go`
+//!   exists, so a test can run something else at exactly that point of a job (a deletion
+//!   racing a detection) without relying on timing.
 
 /// True when `FACEGROUP_TEST_FAULT` names `fault` (e.g. `grouping-runtime`: the grouping
 /// worker's kNN step and probe fail as on a broken GPU).
@@ -30,6 +34,21 @@ pub fn crash_point(step: &str) {
     if std::env::var("FACEGROUP_TEST_CRASH_AT").as_deref() == Ok(step) {
         eprintln!("fault hook: aborting at {step}");
         std::process::abort();
+    }
+    let _ = step;
+}
+
+/// Waits at `step` while a test runs something else (see the module docs).
+pub async fn pause_point(step: &str) {
+    #[cfg(feature = "testing")]
+    if std::env::var("FACEGROUP_TEST_PAUSE_AT").as_deref() == Ok(step) {
+        if let Ok(dir) = std::env::var("FACEGROUP_TEST_PAUSE_DIR") {
+            let dir = std::path::PathBuf::from(dir);
+            let _ = std::fs::write(dir.join(format!("{step}.reached")), b"");
+            while !dir.join(format!("{step}.go")).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
     let _ = step;
 }

@@ -20,8 +20,19 @@
 //!   committed:   {run_id, run_number, key, face_count, committed_at}
 //!   next_person: u64                      // person-N numbers below this are used up
 //!   commits:     [run_number, ...]        // the last 100 commits, in commit order
+//!   purged_below: u64                     // run JSONs below this number were deleted
 //! }
+//! deleted_at: date                        // the gallery was deleted (a tombstone)
 //! ```
+//!
+//! # Deletion jobs
+//!
+//! A deletion takes the lease like a grouping job but never coalesces: with the lease held it
+//! fails temporarily and is retried ([`GalleryStore::acquire_exclusive`]), because it must run
+//! itself. Grouping jobs arriving meanwhile coalesce into the deletion's lease as usual. A
+//! gallery deletion marks the document deleted first ([`GalleryStore::mark_deleted`]) and
+//! ends by replacing it with a tombstone that keeps only `deleted_at` and the run counters
+//! ([`GalleryStore::finish_deletion`]).
 //!
 //! # The lease
 //!
@@ -119,11 +130,15 @@ pub struct CommittedRun {
 }
 
 /// What a job starts from: the committed run, if any, and the next free person number.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupingState {
     pub committed: Option<CommittedRun>,
     /// Person numbers below this were handed out before; new persons start here (>= 1).
     pub next_person: u64,
+    /// Run JSONs numbered below this were deleted by a deletion job (>= 1).
+    pub purged_below: u64,
+    /// The gallery was deleted.
+    pub deleted: bool,
 }
 
 /// Outcome of [`GalleryStore::acquire`].
@@ -168,6 +183,18 @@ impl GalleryStore {
         ttl: Duration,
         full: bool,
     ) -> Result<Acquire, GalleryError> {
+        self.take(gallery_id, holder, ttl, Some(full)).await
+    }
+
+    /// [`acquire`](Self::acquire); `coalesce` None: a held lease is reported as
+    /// [`Acquire::Coalesced`] without recording anything on it.
+    async fn take(
+        &self,
+        gallery_id: &str,
+        holder: &str,
+        ttl: Duration,
+        coalesce: Option<bool>,
+    ) -> Result<Acquire, GalleryError> {
         // The compare-and-set below needs the document to exist; the trigger normally created it.
         self.galleries
             .update_one(
@@ -193,6 +220,11 @@ impl GalleryStore {
                     (*expires > now && !same_job).then_some(token)
                 });
             if let Some(token) = held {
+                let Some(full) = coalesce else {
+                    return Ok(Acquire::Coalesced {
+                        holder_token: token,
+                    });
+                };
                 let mut set = doc! {"grouping.rerun": true};
                 if full {
                     set.insert("grouping.rerun_full", true);
@@ -257,6 +289,67 @@ impl GalleryStore {
             }
         }
         Err(GalleryError::Contention(gallery_id.to_string()))
+    }
+
+    /// Takes the lease for a deletion job: `Ok(None)` when another job holds it (nothing is
+    /// recorded on that lease; the deletion is retried).
+    pub async fn acquire_exclusive(
+        &self,
+        gallery_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<(Lease, GroupingState)>, GalleryError> {
+        match self.take(gallery_id, holder, ttl, None).await? {
+            Acquire::Acquired { lease, state } => Ok(Some((lease, state))),
+            Acquire::Coalesced { .. } => Ok(None),
+        }
+    }
+
+    /// Marks the gallery deleted (only while `lease` holds): from now on detection jobs of the
+    /// gallery drop their image.
+    pub async fn mark_deleted(&self, lease: &Lease) -> Result<bool, GalleryError> {
+        let r = self
+            .galleries
+            .update_one(
+                doc! {"_id": &lease.gallery_id, "grouping.lease.token": lease.token as i64},
+                doc! {"$min": {"deleted_at": DateTime::now()}},
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
+    /// Replaces the deleted gallery's document by its tombstone (`deleted_at`, `last_token`,
+    /// `purged_below`) and so releases the lease. `Ok(false)`: the lease was lost first.
+    pub async fn finish_deletion(&self, lease: &Lease) -> Result<bool, GalleryError> {
+        let filter = doc! {"_id": &lease.gallery_id, "grouping.lease.token": lease.token as i64};
+        let Some(current) = self.galleries.find_one(filter.clone()).await? else {
+            return Ok(false);
+        };
+        let deleted_at = current
+            .get_datetime("deleted_at")
+            .copied()
+            .unwrap_or_else(|_| DateTime::now());
+        let token = lease.token as i64;
+        let r = self
+            .galleries
+            .replace_one(
+                filter,
+                doc! {"_id": &lease.gallery_id, "deleted_at": deleted_at,
+                "grouping": {"last_token": token, "purged_below": token + 1}},
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
+    /// Records that the run JSONs below `below` are deleted.
+    pub async fn set_purged_below(&self, gallery_id: &str, below: u64) -> Result<(), GalleryError> {
+        self.galleries
+            .update_one(
+                doc! {"_id": gallery_id},
+                doc! {"$max": {"grouping.purged_below": below as i64}},
+            )
+            .await?;
+        Ok(())
     }
 
     /// Extends the lease by `ttl` from now. `Ok(false)`: the lease is no longer this job's.
@@ -343,10 +436,7 @@ impl GalleryStore {
     pub async fn state(&self, gallery_id: &str) -> Result<GroupingState, GalleryError> {
         match self.galleries.find_one(doc! {"_id": gallery_id}).await? {
             Some(d) => Ok(state_of(&d)?),
-            None => Ok(GroupingState {
-                committed: None,
-                next_person: 1,
-            }),
+            None => Ok(GroupingState::default()),
         }
     }
 
@@ -371,11 +461,24 @@ impl GalleryStore {
     }
 }
 
-fn state_of(d: &Document) -> Result<GroupingState, StoreError> {
-    let Ok(g) = d.get_document("grouping") else {
-        return Ok(GroupingState {
+impl Default for GroupingState {
+    /// The state of a gallery that was never grouped.
+    fn default() -> Self {
+        Self {
             committed: None,
             next_person: 1,
+            purged_below: 1,
+            deleted: false,
+        }
+    }
+}
+
+fn state_of(d: &Document) -> Result<GroupingState, StoreError> {
+    let deleted = d.get_datetime("deleted_at").is_ok();
+    let Ok(g) = d.get_document("grouping") else {
+        return Ok(GroupingState {
+            deleted,
+            ..GroupingState::default()
         });
     };
     let bad = |what: &str| StoreError::Malformed(format!("gallery {:?}: {what}", d.get("_id")));
@@ -397,6 +500,8 @@ fn state_of(d: &Document) -> Result<GroupingState, StoreError> {
     Ok(GroupingState {
         committed,
         next_person: get_u64(g, "next_person").unwrap_or(1).max(1),
+        purged_below: get_u64(g, "purged_below").unwrap_or(1).max(1),
+        deleted,
     })
 }
 

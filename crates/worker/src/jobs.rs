@@ -1,6 +1,11 @@
 //! Message contracts of the two queues (README "Workers", JSON Schemas in `docs/schemas/`).
 //! Unknown fields are ignored so producers can add fields first; a missing required field is a
 //! permanent error (the message can never become valid).
+//!
+//! The grouping queue carries two kinds of message: grouping jobs and deletion jobs
+//! (`"type": "delete"`, [`DeletionJob`]). Deletions go there because the grouping worker holds
+//! the gallery's lease while it works, which orders a deletion against every grouping run of
+//! the gallery (see the grouping worker's `deletion` module for the race rule with detection).
 
 use facegroup_core::GroupMode;
 use serde::{Deserialize, Serialize};
@@ -31,6 +36,64 @@ pub struct GroupingJob {
     /// Overrides the configured minimum face quality for this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_quality: Option<f32>,
+}
+
+/// A deletion job (`docs/schemas/deletion-job.schema.json`): erase an image, a whole gallery or
+/// a person of a gallery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletionJob {
+    /// Always `delete`: what tells a deletion from a grouping job on the grouping queue.
+    #[serde(rename = "type")]
+    pub kind: DeleteTag,
+    pub gallery_id: String,
+    #[serde(flatten)]
+    pub scope: DeletionScope,
+}
+
+/// The `type` of a [`DeletionJob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteTag {
+    Delete,
+}
+
+/// What a [`DeletionJob`] erases (`scope` in the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum DeletionScope {
+    /// One image: its status (left as a tombstone), faces, embeddings, result JSON and its
+    /// faces in the committed grouping.
+    Image { image_id: String },
+    /// The whole gallery: every image as above, the grouping runs and the grouping state.
+    Gallery,
+    /// A person of the committed grouping. `faces: true` erases its faces everywhere;
+    /// `faces: false` only dissolves the person (its faces become unassigned). Either way its
+    /// id is retired.
+    Person { person_id: String, faces: bool },
+}
+
+/// A message of the grouping queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupingQueueJob {
+    Group(GroupingJob),
+    Delete(DeletionJob),
+}
+
+/// Parses a grouping-queue body: a deletion when `type` is `delete`, a grouping job otherwise.
+pub fn parse_grouping_queue(body: &str) -> Result<GroupingQueueJob, JobError> {
+    let v: serde_json::Value = parse(body)?;
+    if v.get("type").is_some() {
+        let job: DeletionJob = serde_json::from_value(v)
+            .map_err(|e| JobError::permanent(format!("invalid deletion job: {e}")))?;
+        check_id("gallery_id", &job.gallery_id)?;
+        match &job.scope {
+            DeletionScope::Image { image_id } => check_id("image_id", image_id)?,
+            DeletionScope::Person { person_id, .. } => check_id("person_id", person_id)?,
+            DeletionScope::Gallery => {}
+        }
+        return Ok(GroupingQueueJob::Delete(job));
+    }
+    Ok(GroupingQueueJob::Group(parse(body)?))
 }
 
 /// Parses a message body; any error is permanent.
@@ -91,6 +154,47 @@ mod tests {
         assert_eq!(j.mode, GroupMode::Full);
         assert!(parse::<GroupingJob>(r#"{"gallery_id":"g","mode":"partial"}"#).is_err());
         assert!(parse::<GroupingJob>(r#"{"gallery_id":"g"}"#).is_err());
+    }
+
+    #[test]
+    fn deletion_jobs_are_told_from_grouping_jobs() {
+        let d = |body: &str| match parse_grouping_queue(body) {
+            Ok(GroupingQueueJob::Delete(d)) => Ok(d.scope),
+            Ok(GroupingQueueJob::Group(g)) => panic!("parsed as grouping: {g:?}"),
+            Err(e) => Err(e.class),
+        };
+        assert_eq!(
+            d(r#"{"type":"delete","scope":"image","gallery_id":"g","image_id":"i.jpg"}"#),
+            Ok(DeletionScope::Image {
+                image_id: "i.jpg".into()
+            })
+        );
+        assert_eq!(
+            d(r#"{"type":"delete","scope":"gallery","gallery_id":"g"}"#),
+            Ok(DeletionScope::Gallery)
+        );
+        assert_eq!(
+            d(
+                r#"{"type":"delete","scope":"person","gallery_id":"g","person_id":"person-3","faces":false}"#
+            ),
+            Ok(DeletionScope::Person {
+                person_id: "person-3".into(),
+                faces: false
+            })
+        );
+        for bad in [
+            r#"{"type":"delete","scope":"image","gallery_id":"g"}"#,
+            r#"{"type":"delete","scope":"person","gallery_id":"g","person_id":"p"}"#,
+            r#"{"type":"delete","scope":"image","gallery_id":"g","image_id":"../x"}"#,
+            r#"{"type":"delete","scope":"everything","gallery_id":"g"}"#,
+            r#"{"type":"purge","scope":"gallery","gallery_id":"g"}"#,
+        ] {
+            assert_eq!(d(bad), Err(ErrorClass::Permanent), "{bad}");
+        }
+        assert!(matches!(
+            parse_grouping_queue(r#"{"gallery_id":"g","mode":"full"}"#),
+            Ok(GroupingQueueJob::Group(_))
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared runtime of the facegroup workers (`facegroup-detection-worker`,
 //! `facegroup-grouping-worker`): typed configuration ([`config`]), the SQS consumer ([`sqs`]),
-//! the S3 and MongoDB stores ([`s3`], [`mongo`]), message contracts ([`jobs`]), error classes
+//! the S3 and MongoDB stores ([`s3`], [`mongo`]), erasure of an image's data ([`erase`]), message contracts ([`jobs`]), error classes
 //! ([`error`]), CloudWatch EMF metrics ([`metrics`]), test-only fault hooks ([`fault`], feature
 //! `testing`) and the process lifecycle: [`run`] is the whole `main` of both worker binaries.
 //!
@@ -24,6 +24,7 @@
 pub mod aws;
 pub mod config;
 mod entry;
+pub mod erase;
 pub mod error;
 pub mod fault;
 pub mod gallery;

@@ -11,6 +11,16 @@
 //!   instead of counting twice, and the sum decides when to enqueue a grouping job. The pending
 //!   mark carries an expiry and the image that claimed it: a crash between the claim and the
 //!   send is completed by that image's redelivery, or by any later detection once it expires.
+//!
+//! # Tombstones
+//!
+//! A deleted image's status document is replaced by a tombstone, `{_id, gallery_id, status:
+//! "deleted", deleted_at}` (no bucket, key, callback or metadata), and a deleted gallery's
+//! document carries `deleted_at`. Tombstones are never overwritten: [`MongoStore::begin`] reports
+//! [`Begin::Deleted`] instead of starting, and the status writes of a detection job
+//! ([`MongoStore::begin`], [`MongoStore::mark_done`], [`MongoStore::mark_failed`]) only match a
+//! document that is not a tombstone, so a late or racing job can never turn a deleted image
+//! back into a live one (the race rule is in the grouping worker's `deletion` module).
 
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
@@ -73,7 +83,12 @@ pub enum Begin {
     /// The image is already done from the same object with the same model version: a
     /// duplicate delivery, to acknowledge without redoing or touching the status.
     AlreadyDone,
+    /// The image or its gallery was deleted (a tombstone): the job must be dropped.
+    Deleted,
 }
+
+/// The status of a tombstone.
+pub const DELETED: &str = "deleted";
 
 impl MongoStore {
     /// Connects (lazily: the driver connects on first use) and returns the store.
@@ -142,6 +157,9 @@ impl MongoStore {
         img: &ImageRef<'_>,
         model_version: &str,
     ) -> Result<Begin, StoreError> {
+        if self.is_deleted(img.gallery_id, img.image_id).await? {
+            return Ok(Begin::Deleted);
+        }
         let key = image_key(img.gallery_id, img.image_id);
         let done_same = doc! {
             "_id": &key, "status": "done", "model_version": model_version,
@@ -167,9 +185,12 @@ impl MongoStore {
             let meta = bson::to_bson(meta).map_err(|e| StoreError::Malformed(e.to_string()))?;
             set.insert("metadata", meta);
         }
-        self.images
+        // Never over a tombstone: one written since the check above makes the upsert collide
+        // with it on `_id`.
+        let started = self
+            .images
             .update_one(
-                doc! {"_id": &key},
+                doc! {"_id": &key, "status": {"$ne": DELETED}},
                 doc! {
                     "$set": set,
                     "$inc": {"attempts": 1},
@@ -178,8 +199,12 @@ impl MongoStore {
                 },
             )
             .upsert(true)
-            .await?;
-        Ok(Begin::Run)
+            .await;
+        match started {
+            Ok(_) => Ok(Begin::Run),
+            Err(e) if is_duplicate_key(&e) => Ok(Begin::Deleted),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes an image's faces (all of one image and model version): one upsert per face, then
@@ -216,18 +241,20 @@ impl MongoStore {
     }
 
     /// Marks the image done with its face count and the model version that found them (what
-    /// [`begin`](Self::begin) compares a duplicate delivery with).
+    /// [`begin`](Self::begin) compares a duplicate delivery with). `Ok(false)`: the image is
+    /// a tombstone (deleted while the job ran) and was left alone.
     pub async fn mark_done(
         &self,
         gallery_id: &str,
         image_id: &str,
         face_count: usize,
         model_version: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = DateTime::now();
-        self.images
+        let r = self
+            .images
             .update_one(
-                doc! {"_id": image_key(gallery_id, image_id)},
+                doc! {"_id": image_key(gallery_id, image_id), "status": {"$ne": DELETED}},
                 doc! {
                     "$set": {"status": "done", "face_count": face_count as i32,
                              "model_version": model_version,
@@ -236,10 +263,10 @@ impl MongoStore {
                 },
             )
             .await?;
-        Ok(())
+        Ok(r.matched_count == 1)
     }
 
-    /// Marks the image failed with the error class and reason.
+    /// Marks the image failed with the error class and reason (a tombstone stays as it is).
     pub async fn mark_failed(
         &self,
         gallery_id: &str,
@@ -255,14 +282,133 @@ impl MongoStore {
             "failure": {"class": class, "reason": reason},
             "updated_at": now,
         };
-        self.images
+        let r = self
+            .images
             .update_one(
-                doc! {"_id": image_key(gallery_id, image_id)},
+                doc! {"_id": image_key(gallery_id, image_id), "status": {"$ne": DELETED}},
                 doc! {"$set": set, "$setOnInsert": {"created_at": now, "attempts": 1}},
             )
             .upsert(true)
+            .await;
+        match r {
+            Err(e) if !is_duplicate_key(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// True when the image has a tombstone or its gallery was deleted.
+    pub async fn is_deleted(&self, gallery_id: &str, image_id: &str) -> Result<bool, StoreError> {
+        let tomb = doc! {"_id": image_key(gallery_id, image_id), "status": DELETED};
+        Ok(self.images.find_one(tomb).await?.is_some() || self.gallery_deleted(gallery_id).await?)
+    }
+
+    /// True when the gallery was deleted (its document carries `deleted_at`).
+    pub async fn gallery_deleted(&self, gallery_id: &str) -> Result<bool, StoreError> {
+        let tomb = doc! {"_id": gallery_id, "deleted_at": {"$exists": true}};
+        Ok(self.galleries.find_one(tomb).await?.is_some())
+    }
+
+    /// Replaces the image's status document by its tombstone (see the module docs); an
+    /// existing tombstone is left as it is (a redelivered deletion changes nothing).
+    pub async fn tombstone_image(
+        &self,
+        gallery_id: &str,
+        image_id: &str,
+    ) -> Result<(), StoreError> {
+        let key = image_key(gallery_id, image_id);
+        let r = self
+            .images
+            .replace_one(
+                doc! {"_id": &key, "status": {"$ne": DELETED}},
+                doc! {"_id": &key, "gallery_id": gallery_id, "status": DELETED,
+                "deleted_at": DateTime::now()},
+            )
+            .upsert(true)
+            .await;
+        match r {
+            Err(e) if !is_duplicate_key(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the image's faces of every model version and its count on the gallery's
+    /// grouping trigger. Returns how many faces were deleted.
+    pub async fn delete_image_faces(
+        &self,
+        gallery_id: &str,
+        image_id: &str,
+    ) -> Result<u64, StoreError> {
+        let deleted = self
+            .faces
+            .delete_many(doc! {"image_id": image_key(gallery_id, image_id)})
             .await?;
-        Ok(())
+        let field = format!("new_faces.{}", trigger_field(image_id));
+        self.galleries
+            .update_one(doc! {"_id": gallery_id}, doc! {"$unset": {field: ""}})
+            .await?;
+        Ok(deleted.deleted_count)
+    }
+
+    /// The image ids of every status document of the gallery (tombstones included).
+    pub async fn gallery_image_ids(&self, gallery_id: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = image_key(gallery_id, "");
+        let mut cursor = self.images.find(doc! {"gallery_id": gallery_id}).await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            let id = d.get_str("_id").ok().and_then(|k| k.strip_prefix(&prefix));
+            match id {
+                Some(id) => out.push(id.to_string()),
+                None => return Err(StoreError::Malformed(format!("image {:?}", d.get("_id")))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the faces with one of `face_ids` or person id `person_id` in the gallery.
+    pub async fn delete_person_faces(
+        &self,
+        gallery_id: &str,
+        person_id: &str,
+        face_ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut deleted = self
+            .faces
+            .delete_many(doc! {"gallery_id": gallery_id, "person_id": person_id})
+            .await?
+            .deleted_count;
+        for chunk in face_ids.chunks(PERSON_ID_CHUNK) {
+            deleted += self
+                .faces
+                .delete_many(doc! {"gallery_id": gallery_id, "_id": {"$in": chunk}})
+                .await?
+                .deleted_count;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes person id `person_id` from the gallery's faces (they become unassigned).
+    pub async fn unassign_person(
+        &self,
+        gallery_id: &str,
+        person_id: &str,
+    ) -> Result<u64, StoreError> {
+        let r = self
+            .faces
+            .update_many(
+                doc! {"gallery_id": gallery_id, "person_id": person_id},
+                doc! {"$unset": {"person_id": ""}},
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// Deletes every face of the gallery.
+    pub async fn delete_gallery_faces(&self, gallery_id: &str) -> Result<u64, StoreError> {
+        let r = self
+            .faces
+            .delete_many(doc! {"gallery_id": gallery_id})
+            .await?;
+        Ok(r.deleted_count)
     }
 
     /// Records that image `image_id` brought `new_faces` faces to the gallery, and returns true
@@ -384,6 +530,17 @@ impl MongoStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// MongoDB's duplicate key error (E11000): an upsert whose filter excludes a tombstone
+/// collides with it on `_id`.
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
     }
 }
 

@@ -117,6 +117,48 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Deletes `keys` from the results bucket in DeleteObjects batches of 1,000. A key that
+    /// does not exist is no error (S3 deletes are idempotent), so a redelivered deletion
+    /// succeeds again.
+    pub async fn delete_keys(&self, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for chunk in keys.chunks(DELETE_BATCH) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::S3(format!("delete request: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StoreError::S3(format!("delete request: {e}")))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| StoreError::S3(DisplayErrorContext(&e).to_string()))?;
+            if let Some(e) = out.errors().first() {
+                return Err(StoreError::S3(format!(
+                    "deleting s3://{}/{}: {} {}",
+                    self.bucket,
+                    e.key().unwrap_or_default(),
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most keys in one DeleteObjects request (S3's limit).
+const DELETE_BATCH: usize = 1000;
+
 fn is_denied(e: &GetObjectError, status: u16) -> bool {
     use aws_sdk_s3::error::ProvideErrorMetadata;
     status == 403 || matches!(e.code(), Some("AccessDenied" | "Forbidden"))
