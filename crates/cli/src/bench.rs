@@ -132,7 +132,8 @@ fn profile(warm: &StageTimes, total: &StageTimes, wall: f64, threads: usize) -> 
     let budget = wall * threads.max(1) as f64;
     let busy: f64 = rows.iter().map(|r| r.1).sum();
     let mut out =
-        format!("| stage | seconds (all workers) | ms per image | share |\n|---|---:|---:|---:|\n");
+        "| stage | seconds (all workers) | ms per image | share |\n|---|---:|---:|---:|\n"
+            .to_string();
     for (name, s) in rows
         .iter()
         .chain([&("idle / other", (budget - busy).max(0.0))])
