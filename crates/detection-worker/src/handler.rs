@@ -22,17 +22,15 @@ use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, ModelError
 use facegroup_worker::erase::{erase_image, result_key};
 use facegroup_worker::fault;
 use facegroup_worker::jobs::{self, DetectionJob, GroupingJob};
-use facegroup_worker::mongo::{image_key, Begin, ImageRef, MongoStore};
-use facegroup_worker::s3::S3Store;
-use facegroup_worker::{Handler, JobError, JobReport, Message};
+use facegroup_worker::mongo::{image_key, Begin, ImageRef};
+use facegroup_worker::{Handler, JobError, JobReport, Message, Services};
 use serde::Serialize;
 use tracing::{info, warn};
 
 /// The detection job handler.
 pub struct DetectionHandler {
-    pub s3: S3Store,
-    pub mongo: MongoStore,
-    pub sqs: aws_sdk_sqs::Client,
+    /// S3, MongoDB and SQS (for the grouping trigger).
+    pub services: Services,
     pub grouping_queue_url: Option<String>,
     pub group_after_faces: usize,
     /// How long a sent grouping job counts as pending before a later detection re-sends it.
@@ -171,7 +169,12 @@ impl Handler for DetectionHandler {
             callback: job.callback.as_deref(),
             metadata: job.metadata.as_ref(),
         };
-        match self.mongo.begin(&img, self.pool.model_version()).await? {
+        match self
+            .services
+            .mongo
+            .begin(&img, self.pool.model_version())
+            .await?
+        {
             Begin::Run => {}
             Begin::AlreadyDone => {
                 info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
@@ -180,7 +183,7 @@ impl Handler for DetectionHandler {
             Begin::Deleted => return self.drop_deleted(&job).await,
         }
         fault::crash_point("after_begin");
-        let bytes = self.s3.get(&job.bucket, &job.key).await?;
+        let bytes = self.services.s3.get(&job.bucket, &job.key).await?;
         let (width, height, faces) = self.analyze(&job.image_id, bytes).await?;
 
         let model_version = self.pool.model_version();
@@ -190,7 +193,8 @@ impl Handler for DetectionHandler {
             .iter()
             .map(|f| FaceRecord::new(&scoped, model_version, f))
             .collect();
-        self.mongo
+        self.services
+            .mongo
             .replace_faces(&scoped, &job.gallery_id, model_version, &records)
             .await?;
         fault::crash_point("after_replace_faces");
@@ -213,7 +217,7 @@ impl Handler for DetectionHandler {
                 .collect(),
         };
         let key = result_key(&self.results_prefix, &job.gallery_id, &job.image_id);
-        self.s3.put_json(&key, &doc).await?;
+        self.services.s3.put_json(&key, &doc).await?;
         fault::crash_point("after_put_json");
 
         // Counted before the status says done: a crash in between is completed by the rerun
@@ -227,8 +231,9 @@ impl Handler for DetectionHandler {
         // `mark_done` never overwrites) came after some of the writes above, so erase them (the
         // deletion erased those before it). `mark_done` stays the last write of a live image:
         // nothing after it can be cut off by a shutdown.
-        if self.mongo.gallery_deleted(&job.gallery_id).await?
+        if self.services.mongo.gallery_deleted(&job.gallery_id).await?
             || !self
+                .services
                 .mongo
                 .mark_done(&job.gallery_id, &job.image_id, faces.len(), model_version)
                 .await?
@@ -257,7 +262,8 @@ impl Handler for DetectionHandler {
             warn!(message_id = %msg.message_id, reason = %err.reason, "failed message names no valid gallery; nothing to record");
             return Ok(());
         };
-        self.mongo
+        self.services
+            .mongo
             .mark_failed(&gallery, &image_id, err.class.as_str(), &err.reason)
             .await?;
         Ok(())
@@ -273,8 +279,8 @@ impl DetectionHandler {
     /// it may have written (the image ends as a tombstone).
     async fn drop_deleted(&self, job: &DetectionJob) -> Result<JobReport, JobError> {
         erase_image(
-            &self.mongo,
-            &self.s3,
+            &self.services.mongo,
+            &self.services.s3,
             &self.results_prefix,
             &job.gallery_id,
             &job.image_id,
@@ -297,6 +303,7 @@ impl DetectionHandler {
             return Ok(());
         };
         if !self
+            .services
             .mongo
             .add_new_faces(
                 gallery_id,
@@ -317,6 +324,7 @@ impl DetectionHandler {
         })
         .map_err(|e| JobError::temporary(e.to_string()))?;
         if let Err(e) = self
+            .services
             .sqs
             .send_message()
             .queue_url(queue)
@@ -326,7 +334,10 @@ impl DetectionHandler {
         {
             // Leave no gallery stuck "pending": the next new faces will trigger again.
             warn!(gallery_id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot enqueue grouping job");
-            self.mongo.clear_grouping_pending(gallery_id).await?;
+            self.services
+                .mongo
+                .clear_grouping_pending(gallery_id)
+                .await?;
             return Ok(());
         }
         fault::crash_point("after_grouping_send");

@@ -57,9 +57,7 @@ fn main() {
         cli.pipeline.model.provider,
         || load_pipelines(&cli),
         |pool, services| DetectionHandler {
-            s3: services.s3.clone(),
-            mongo: services.mongo.clone(),
-            sqs: services.sqs.clone(),
+            services: services.clone(),
             grouping_queue_url: cli.grouping_queue_url.clone(),
             group_after_faces: cli.group_after_faces,
             grouping_pending_for: std::time::Duration::from_secs(cli.grouping_pending_secs),

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use serde_json::{json, Value};
 
@@ -137,17 +136,8 @@ impl Stack {
     }
 
     async fn faces_in(&self, gallery: &str, image_id: &str) -> Vec<Document> {
-        self.faces()
-            .find(doc! {"gallery_id": gallery, "image_id": image_key(gallery, image_id)})
-            .await
-            .expect("find faces")
-            .try_collect()
-            .await
-            .expect("faces")
-    }
-
-    async fn s3_json(&self, key: &str) -> Value {
-        facegroup_testkit::s3_json(&self.s3, &self.bucket, key).await
+        let filter = doc! {"gallery_id": gallery, "image_id": image_key(gallery, image_id)};
+        self.find("gallery_images", "faces", filter).await
     }
 }
 
@@ -280,7 +270,7 @@ async fn end_to_end_photos_to_persons() {
         let n = assert_done_without_duplicates(&s, id).await;
         assert!(n >= 1, "{p}: no face found");
         total += n;
-        let doc = s.s3_json(&format!("faces/{GALLERY}/{id}.json")).await;
+        let doc = s.json(&format!("faces/{GALLERY}/{id}.json")).await;
         assert_eq!(
             doc["faces"].as_array().map(Vec::len),
             Some(n),
@@ -311,8 +301,8 @@ async fn end_to_end_photos_to_persons() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(queue_counts(&s.sqs, &group_queue).await, (0, 0));
 
-    let latest = s.s3_json(&format!("groups/{GALLERY}/latest.json")).await;
-    let run = s.s3_json(latest["key"].as_str().expect("latest key")).await;
+    let latest = s.json(&format!("groups/{GALLERY}/latest.json")).await;
+    let run = s.json(latest["key"].as_str().expect("latest key")).await;
     assert_eq!(run["face_count"].as_u64(), Some(total as u64));
     // person id -> images of its faces
     let mut person_images: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -383,9 +373,9 @@ async fn end_to_end_photos_to_persons() {
         wait_exit(&mut grp, Duration::from_secs(120)).await.code(),
         Some(0)
     );
-    let latest2 = s.s3_json(&format!("groups/{GALLERY}/latest.json")).await;
+    let latest2 = s.json(&format!("groups/{GALLERY}/latest.json")).await;
     assert_ne!(latest2["run_id"], latest["run_id"]);
-    let run2 = s.s3_json(latest2["key"].as_str().expect("key")).await;
+    let run2 = s.json(latest2["key"].as_str().expect("key")).await;
     assert_eq!(run2["persons"], run["persons"]);
 
     // What the workers logged carries no face data, no photo and no secret.
@@ -560,7 +550,7 @@ async fn end_state(s: &Stack, gallery: &str, image_id: &str) -> Value {
         .get_document("new_faces")
         .map(|d| d.values().filter_map(|v| v.as_i64()).sum())
         .unwrap_or(-1);
-    let json_faces = s.s3_json(&format!("faces/{gallery}/{image_id}.json")).await["faces"]
+    let json_faces = s.json(&format!("faces/{gallery}/{image_id}.json")).await["faces"]
         .as_array()
         .map(Vec::len);
     json!({
@@ -905,7 +895,7 @@ async fn a_detection_racing_a_deletion_ends_deleted() {
     )
     .await;
     assert!(!s.faces_of("racer").await.is_empty(), "faces written");
-    s.s3_json(&format!("faces/{GALLERY}/racer.json")).await;
+    s.json(&format!("faces/{GALLERY}/racer.json")).await;
 
     let deletion =
         json!({"type": "delete", "scope": "image", "gallery_id": GALLERY, "image_id": "racer"});

@@ -98,14 +98,17 @@ impl GroupingHandler {
         };
         // Past the release: fenced by the run number, like a grouping job's last steps.
         if let Some(c) = &done.committed {
-            self.mongo.set_person_ids(&c.groups, c.run_number).await?;
+            self.services
+                .mongo
+                .set_person_ids(&c.groups, c.run_number)
+                .await?;
             self.write_latest(gallery_id, c).await?;
         }
         if done.purge_below > done.purged_below {
             let keys: Vec<String> = (done.purged_below..done.purge_below)
                 .map(|n| self.run_key(gallery_id, n))
                 .collect();
-            self.s3.delete_keys(&keys).await?;
+            self.services.s3.delete_keys(&keys).await?;
             self.galleries
                 .set_purged_below(gallery_id, done.purge_below)
                 .await?;
@@ -128,8 +131,14 @@ impl GroupingHandler {
         match &job.scope {
             DeletionScope::Gallery => self.delete_gallery(lease, &state).await,
             DeletionScope::Image { image_id } => {
-                let faces =
-                    erase_image(&self.mongo, &self.s3, &self.results_prefix, g, image_id).await?;
+                let faces = erase_image(
+                    &self.services.mongo,
+                    &self.services.s3,
+                    &self.results_prefix,
+                    g,
+                    image_id,
+                )
+                .await?;
                 info!(gallery_id = %g, image_id = %image_id, faces, "image erased");
                 let prefix = format!("{}:", image_key(g, image_id));
                 self.commit_without(lease, state, |groups| {
@@ -147,6 +156,7 @@ impl GroupingHandler {
                 if *faces {
                     self.drop_from_result_jsons(g, &face_ids).await?;
                     let n = self
+                        .services
                         .mongo
                         .delete_person_faces(g, person_id, &face_ids)
                         .await?;
@@ -156,7 +166,7 @@ impl GroupingHandler {
                     })
                     .await
                 } else {
-                    let n = self.mongo.unassign_person(g, person_id).await?;
+                    let n = self.services.mongo.unassign_person(g, person_id).await?;
                     info!(gallery_id = %g, person_id = %person_id, faces = n, "person dissolved");
                     self.commit_without(lease, state, |groups| {
                         redact(groups, |_| false, Some(person_id))
@@ -235,18 +245,18 @@ impl GroupingHandler {
         if !self.galleries.mark_deleted(lease).await? {
             return Err(lost());
         }
-        let images = self.mongo.gallery_image_ids(g).await?;
+        let images = self.services.mongo.gallery_image_ids(g).await?;
         for image_id in &images {
-            self.mongo.tombstone_image(g, image_id).await?;
+            self.services.mongo.tombstone_image(g, image_id).await?;
         }
-        let faces = self.mongo.delete_gallery_faces(g).await?;
+        let faces = self.services.mongo.delete_gallery_faces(g).await?;
         let mut keys: Vec<String> = images
             .iter()
             .map(|i| result_key(&self.results_prefix, g, i))
             .collect();
         keys.extend((state.purged_below..lease.token).map(|n| self.run_key(g, n)));
         keys.push(format!("{}{g}/latest.json", self.groups_prefix));
-        self.s3.delete_keys(&keys).await?;
+        self.services.s3.delete_keys(&keys).await?;
         if !self.galleries.finish_deletion(lease).await? {
             return Err(lost());
         }
@@ -263,7 +273,7 @@ impl GroupingHandler {
     /// The committed run's JSON, when there is one.
     async fn committed_run(&self, state: &GroupingState) -> Result<Option<GroupRun>, JobError> {
         match &state.committed {
-            Some(c) => Ok(self.s3.get_json::<GroupRun>(&c.key).await?),
+            Some(c) => Ok(self.services.s3.get_json::<GroupRun>(&c.key).await?),
             None => Ok(None),
         }
     }
@@ -284,13 +294,13 @@ impl GroupingHandler {
         }
         for (image_id, ids) in by_image {
             let key = result_key(&self.results_prefix, gallery_id, image_id);
-            let Some(mut doc) = self.s3.get_json::<serde_json::Value>(&key).await? else {
+            let Some(mut doc) = self.services.s3.get_json::<serde_json::Value>(&key).await? else {
                 continue;
             };
             if let Some(faces) = doc.get_mut("faces").and_then(|f| f.as_array_mut()) {
                 faces.retain(|f| !ids.iter().any(|id| f["face_id"] == *id));
             }
-            self.s3.put_json(&key, &doc).await?;
+            self.services.s3.put_json(&key, &doc).await?;
         }
         Ok(())
     }

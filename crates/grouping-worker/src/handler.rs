@@ -31,19 +31,16 @@ use facegroup_worker::gallery::{
     Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
 };
 use facegroup_worker::jobs::{self, GroupingJob, GroupingQueueJob};
-use facegroup_worker::mongo::MongoStore;
-use facegroup_worker::s3::S3Store;
-use facegroup_worker::{fault, Handler, JobError, JobReport, Message};
+use facegroup_worker::{fault, Handler, JobError, JobReport, Message, Services};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 /// The grouping job handler.
 pub struct GroupingHandler {
-    pub s3: S3Store,
-    pub mongo: MongoStore,
+    /// S3, MongoDB and SQS (for the follow-up job of coalesced requests).
+    pub services: Services,
     pub galleries: GalleryStore,
-    /// For the follow-up job of coalesced requests: the queue this worker consumes.
-    pub sqs: aws_sdk_sqs::Client,
+    /// The queue this worker consumes (follow-up jobs go there).
     pub queue_url: String,
     pub groups_prefix: String,
     /// Key prefix of the detection worker's per-image result JSONs (deletion jobs erase them).
@@ -112,7 +109,13 @@ impl Handler for GroupingHandler {
         let full = job.mode == GroupMode::Full;
         let (lease, state) = match self
             .galleries
-            .acquire(&job.gallery_id, &msg.message_id, self.lease.ttl, full)
+            .acquire(
+                &job.gallery_id,
+                &msg.message_id,
+                self.lease.ttl,
+                full,
+                job.min_quality,
+            )
             .await?
         {
             Acquire::Acquired { lease, state } => {
@@ -189,6 +192,7 @@ impl GroupingHandler {
         lease: &Lease,
         state: GroupingState,
     ) -> Result<JobReport, JobError> {
+        let previous_run = state.committed.as_ref().map_or(0, |c| c.run_number);
         let leased = tokio::select! {
             r = self.group_and_commit(job, cfg, lease, state) => r?,
             lost = self.keep_lease(lease) => return Err(lost),
@@ -204,12 +208,15 @@ impl GroupingHandler {
         };
         // Past the commit the lease is released; these writes are fenced by the run number.
         fault::crash_point("after_commit");
-        self.mongo
+        self.services
+            .mongo
             .set_person_ids(&done.groups, done.run_number)
             .await?;
         fault::crash_point("after_set_person_ids");
         self.write_latest(&job.gallery_id, &done).await?;
         fault::crash_point("after_put_latest");
+        self.delete_uncommitted_runs(&job.gallery_id, previous_run, done.run_number)
+            .await;
         if let Some(rerun) = done.rerun {
             self.follow_up(&job.gallery_id, rerun).await?;
         }
@@ -243,9 +250,13 @@ impl GroupingHandler {
         }
         // Cleared under the lease: faces that arrive from now on trigger the next job, and this
         // job reads the faces after the clear, so it covers everything before it.
-        self.mongo.clear_grouping_pending(&job.gallery_id).await?;
+        self.services
+            .mongo
+            .clear_grouping_pending(&job.gallery_id)
+            .await?;
         fault::crash_point("after_clear_pending");
         let faces = self
+            .services
             .mongo
             .gallery_faces(&job.gallery_id, &self.model_version)
             .await?;
@@ -299,7 +310,7 @@ impl GroupingHandler {
             persons: groups.persons.clone(),
             unassigned: groups.unassigned.clone(),
         };
-        self.s3.put_json(&key, &run).await?;
+        self.services.s3.put_json(&key, &run).await?;
         fault::crash_point("after_put_run");
         let commit = CommittedRun {
             run_id: run_id.clone(),
@@ -319,6 +330,25 @@ impl GroupingHandler {
                 "gallery {}: lease {run_number} was taken over before the commit",
                 lease.gallery_id
             ))),
+        }
+    }
+
+    /// Deletes the run JSONs of the run numbers between the previous committed run and this
+    /// one: jobs that wrote their run and died (or lost their lease) before committing. Their
+    /// keys follow from the numbers, so nothing is listed. Best effort: a failure leaves
+    /// garbage no reader follows (readers go by the committed key), not a wrong state.
+    async fn delete_uncommitted_runs(&self, gallery_id: &str, previous: u64, current: u64) {
+        /// A bound on one cleanup (a gallery with more failed attempts keeps the older ones).
+        const MAX_CLEANED: u64 = 1000;
+        let from = (previous + 1).max(current.saturating_sub(MAX_CLEANED));
+        let keys: Vec<String> = (from..current)
+            .map(|n| self.run_key(gallery_id, n))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.services.s3.delete_keys(&keys).await {
+            warn!(gallery_id, error = %e, "cannot delete uncommitted run JSONs; they stay as garbage");
         }
     }
 
@@ -362,7 +392,11 @@ impl GroupingHandler {
         let Some(committed) = &state.committed else {
             return Ok(None);
         };
-        let run = self.s3.get_json::<GroupRun>(&committed.key).await?;
+        let run = self
+            .services
+            .s3
+            .get_json::<GroupRun>(&committed.key)
+            .await?;
         if run.is_none() {
             warn!(gallery_id, key = %committed.key, "committed run JSON is missing; regrouping without it");
         }
@@ -385,7 +419,8 @@ impl GroupingHandler {
             run_number: done.run_number,
             key: done.key.clone(),
         };
-        self.s3
+        self.services
+            .s3
             .put_json(
                 &format!("{}{gallery_id}/latest.json", self.groups_prefix),
                 &latest,
@@ -404,10 +439,11 @@ impl GroupingHandler {
             } else {
                 GroupMode::Incremental
             },
-            min_quality: None,
+            min_quality: rerun.min_quality,
         })
         .map_err(|e| JobError::temporary(format!("serialising follow-up job: {e}")))?;
-        self.sqs
+        self.services
+            .sqs
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)

@@ -64,10 +64,8 @@ fn main() {
         cli.model.provider,
         || group_config(&cli),
         |config, services| GroupingHandler {
-            s3: services.s3.clone(),
-            mongo: services.mongo.clone(),
             galleries: GalleryStore::new(&services.mongo),
-            sqs: services.sqs.clone(),
+            services: services.clone(),
             queue_url: cli.common.queue_url.clone(),
             lease: LeaseTiming::new(Duration::from_secs(cli.lease_secs)),
             groups_prefix: cli.groups_prefix.clone(),

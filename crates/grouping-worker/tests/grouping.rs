@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use facegroup_worker::gallery::GalleryStore;
 use facegroup_worker::mongo::{encode_embedding, MongoStore};
-use futures::TryStreamExt;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use serde_json::{json, Value};
 
@@ -141,32 +140,8 @@ impl Stack {
     }
 
     async fn all_faces_in(&self, gallery: &str) -> Vec<Document> {
-        self.faces()
-            .find(doc! {"gallery_id": gallery})
+        self.find("gallery_images", "faces", doc! {"gallery_id": gallery})
             .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("faces")
-    }
-
-    async fn s3_json(&self, key: &str) -> Value {
-        facegroup_testkit::s3_json(&self.s3, &self.bucket, key).await
-    }
-
-    async fn keys(&self, prefix: &str) -> BTreeSet<String> {
-        let out = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .expect("list");
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect()
     }
 
     /// The committed run JSON, by the key MongoDB records.
@@ -177,7 +152,7 @@ impl Stack {
     async fn committed_run_in(&self, gallery: &str) -> Value {
         let state = self.galleries().state(gallery).await.expect("state");
         let committed = state.committed.expect("a committed run");
-        let run = self.s3_json(&committed.key).await;
+        let run = self.json(&committed.key).await;
         assert_eq!(run["run_number"].as_u64(), Some(committed.run_number));
         run
     }
@@ -287,7 +262,7 @@ async fn first_grouping_reads_no_key_that_may_not_exist() {
     let run = s.committed_run().await;
     assert_eq!(run["persons"].as_array().map(Vec::len), Some(3));
     assert_faces_match(&s, &run).await;
-    let latest = s.s3_json(&format!("groups/{GALLERY}/latest.json")).await;
+    let latest = s.json(&format!("groups/{GALLERY}/latest.json")).await;
     assert_eq!(latest["run_id"], run["run_id"]);
 
     // The next job reads exactly the committed run, by its key.
@@ -402,7 +377,7 @@ async fn empty_face_set_keeps_the_committed_run() {
     );
     let run = s.committed_run().await;
     let latest_key = format!("groups/{GALLERY}/latest.json");
-    let latest = s.s3_json(&latest_key).await;
+    let latest = s.json(&latest_key).await;
 
     // All faces gone (e.g. a model switch not yet re-detected): nothing is committed.
     let saved = s.all_faces().await;
@@ -414,7 +389,7 @@ async fn empty_face_set_keeps_the_committed_run() {
         Some(0)
     );
     assert_eq!(s.committed_run().await, run);
-    assert_eq!(s.s3_json(&latest_key).await, latest);
+    assert_eq!(s.json(&latest_key).await, latest);
     assert_eq!(queue_counts(&s.sqs, &s.dlq).await, (0, 0));
 
     // The faces come back with a new person: old persons keep their ids, the new one is
@@ -553,8 +528,26 @@ async fn a_crash_at_every_step_then_a_rerun_ends_as_an_uninterrupted_run() {
 async fn end_state(s: &Stack, gallery: &str) -> Value {
     let run = s.committed_run_in(gallery).await;
     assert_faces_match_in(s, gallery, &run).await;
-    let latest = s.s3_json(&format!("groups/{gallery}/latest.json")).await;
+    let latest = s.json(&format!("groups/{gallery}/latest.json")).await;
     assert_eq!(latest["run_id"], run["run_id"], "{gallery}: latest.json");
+    // Every run JSON left is one that was committed (a crashed attempt's is cleaned up).
+    let history = s
+        .galleries()
+        .commit_history(gallery)
+        .await
+        .expect("history");
+    for key in s.keys(&format!("groups/{gallery}/run-")).await {
+        let n: u64 = key
+            .rsplit("run-")
+            .next()
+            .and_then(|k| k.strip_suffix(".json"))
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("run key {key}"));
+        assert!(
+            history.contains(&n),
+            "{key} was never committed ({history:?})"
+        );
+    }
     let prefix = format!("{gallery}/");
     let strip = |ids: &Value| -> Vec<String> {
         ids.as_array()
@@ -603,14 +596,7 @@ async fn everything(s: &Stack) -> BTreeMap<String, String> {
 
 /// Every document of `db.coll`.
 async fn all_docs(s: &Stack, db: &str, coll: &str) -> Vec<Document> {
-    s.db.database(db)
-        .collection::<Document>(coll)
-        .find(doc! {})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("docs")
+    s.find(db, coll, doc! {}).await
 }
 
 /// Asserts no stored name or content mentions `needle`.

@@ -98,6 +98,46 @@ impl TestStack {
             .expect("send");
     }
 
+    /// Every document of `database.collection` matching `filter`, in the server's order.
+    pub async fn find(
+        &self,
+        database: &str,
+        collection: &str,
+        filter: mongodb::bson::Document,
+    ) -> Vec<mongodb::bson::Document> {
+        use futures::TryStreamExt;
+        self.db
+            .database(database)
+            .collection::<mongodb::bson::Document>(collection)
+            .find(filter)
+            .await
+            .unwrap_or_else(|e| panic!("find in {database}.{collection}: {e}"))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("read {database}.{collection}: {e}"))
+    }
+
+    /// The JSON object at `key` in the bucket (panics when missing or not JSON).
+    pub async fn json(&self, key: &str) -> serde_json::Value {
+        crate::aws::s3_json(&self.s3, &self.bucket, key).await
+    }
+
+    /// The keys under `prefix` in the bucket (the first 1000, plenty for a test).
+    pub async fn keys(&self, prefix: &str) -> std::collections::BTreeSet<String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {prefix}: {e:?}"));
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    }
+
     /// The log file of the worker tagged `tag`.
     pub fn log_path(&self, tag: &str) -> PathBuf {
         self.logs.with_extension(format!("{tag}.log"))

@@ -17,6 +17,7 @@
 //!   lease:       {token, holder, expires_at}   // absent when nobody holds it
 //!   rerun:       true                     // a job was coalesced into the current lease
 //!   rerun_full:  true                     //   ... and one of them asked for a full regroup
+//!   rerun_min_quality: 0.3                //   ... and the last one setting it, this quality
 //!   committed:   {run_id, run_number, key, face_count, committed_at}
 //!   next_person: u64                      // person-N numbers below this are used up
 //!   commits:     [run_number, ...]        // the last 100 commits, in commit order
@@ -152,14 +153,16 @@ pub enum Acquire {
 }
 
 /// Grouping requests coalesced into a lease, taken when the lease is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rerun {
     /// At least one of the requests asked for a full regroup.
     pub full: bool,
+    /// The minimum quality the last request that set one asked for.
+    pub min_quality: Option<f32>,
 }
 
 /// Outcome of [`GalleryStore::commit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Commit {
     /// The run is committed and the lease released; `rerun` holds coalesced requests.
     Committed { rerun: Option<Rerun> },
@@ -175,15 +178,18 @@ impl GalleryStore {
     }
 
     /// Takes the gallery's lease for the job of message `holder`, or coalesces the request into
-    /// the current holder's lease (`full`: the request asks for a full regroup).
+    /// the current holder's lease (`full`: the request asks for a full regroup; `min_quality`:
+    /// its own minimum quality, which the follow-up job carries).
     pub async fn acquire(
         &self,
         gallery_id: &str,
         holder: &str,
         ttl: Duration,
         full: bool,
+        min_quality: Option<f32>,
     ) -> Result<Acquire, GalleryError> {
-        self.take(gallery_id, holder, ttl, Some(full)).await
+        self.take(gallery_id, holder, ttl, Some((full, min_quality)))
+            .await
     }
 
     /// [`acquire`](Self::acquire); `coalesce` None: a held lease is reported as
@@ -193,7 +199,7 @@ impl GalleryStore {
         gallery_id: &str,
         holder: &str,
         ttl: Duration,
-        coalesce: Option<bool>,
+        coalesce: Option<(bool, Option<f32>)>,
     ) -> Result<Acquire, GalleryError> {
         // The compare-and-set below needs the document to exist; the trigger normally created it.
         self.galleries
@@ -220,7 +226,7 @@ impl GalleryStore {
                     (*expires > now && !same_job).then_some(token)
                 });
             if let Some(token) = held {
-                let Some(full) = coalesce else {
+                let Some((full, min_quality)) = coalesce else {
                     return Ok(Acquire::Coalesced {
                         holder_token: token,
                     });
@@ -228,6 +234,9 @@ impl GalleryStore {
                 let mut set = doc! {"grouping.rerun": true};
                 if full {
                     set.insert("grouping.rerun_full", true);
+                }
+                if let Some(q) = min_quality {
+                    set.insert("grouping.rerun_min_quality", f64::from(q));
                 }
                 let recorded = self
                     .galleries
@@ -272,7 +281,7 @@ impl GalleryStore {
                             "updated_at": now,
                         },
                         // This job reads the faces after now, so it covers earlier requests.
-                        "$unset": {"grouping.rerun": "", "grouping.rerun_full": ""},
+                        "$unset": {"grouping.rerun": "", "grouping.rerun_full": "", "grouping.rerun_min_quality": ""},
                     },
                 )
                 .return_document(ReturnDocument::After)
@@ -392,7 +401,7 @@ impl GalleryStore {
                         "grouping.next_person": next_person as i64,
                         "updated_at": now,
                     },
-                    "$unset": {"grouping.lease": "", "grouping.rerun": "", "grouping.rerun_full": ""},
+                    "$unset": {"grouping.lease": "", "grouping.rerun": "", "grouping.rerun_full": "", "grouping.rerun_min_quality": ""},
                     "$push": {"grouping.commits": {"$each": [run.run_number as i64], "$slice": -HISTORY}},
                 },
             )
@@ -413,7 +422,7 @@ impl GalleryStore {
             .galleries
             .find_one_and_update(
                 doc! {"_id": &lease.gallery_id, "grouping.lease.token": lease.token as i64},
-                doc! {"$unset": {"grouping.lease": "", "grouping.rerun": "", "grouping.rerun_full": ""}},
+                doc! {"$unset": {"grouping.lease": "", "grouping.rerun": "", "grouping.rerun_full": "", "grouping.rerun_min_quality": ""}},
             )
             .return_document(ReturnDocument::Before)
             .await?;
@@ -509,6 +518,7 @@ fn rerun_of(d: &Document) -> Option<Rerun> {
     let g = d.get_document("grouping").ok()?;
     g.get_bool("rerun").unwrap_or(false).then(|| Rerun {
         full: g.get_bool("rerun_full").unwrap_or(false),
+        min_quality: g.get_f64("rerun_min_quality").ok().map(|q| q as f32),
     })
 }
 
@@ -563,11 +573,17 @@ mod tests {
         assert_eq!(rerun_of(&doc! {"grouping": {}}), None);
         assert_eq!(
             rerun_of(&doc! {"grouping": {"rerun": true}}),
-            Some(Rerun { full: false })
+            Some(Rerun {
+                full: false,
+                min_quality: None
+            })
         );
         assert_eq!(
             rerun_of(&doc! {"grouping": {"rerun": true, "rerun_full": true}}),
-            Some(Rerun { full: true })
+            Some(Rerun {
+                full: true,
+                min_quality: None
+            })
         );
     }
 }

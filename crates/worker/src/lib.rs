@@ -81,7 +81,9 @@ pub fn shutdown_on_signals() -> Result<CancellationToken, WorkerError> {
     Ok(token)
 }
 
-/// The clients every worker needs, set up from the common configuration.
+/// The clients every worker needs, set up from the common configuration (cheap to clone: each
+/// client is a handle on a shared connection pool).
+#[derive(Clone)]
 pub struct Services {
     pub sqs: aws_sdk_sqs::Client,
     pub s3: s3::S3Store,

@@ -38,7 +38,7 @@ async fn lease_fences_coalesces_and_takes_over() {
     let (_, g, _) = stores(&mongo).await;
 
     let Acquire::Acquired { lease: a, state } =
-        g.acquire("g", "msg-a", TTL, false).await.expect("a")
+        g.acquire("g", "msg-a", TTL, false, None).await.expect("a")
     else {
         panic!("a new gallery's lease is free");
     };
@@ -48,18 +48,18 @@ async fn lease_fences_coalesces_and_takes_over() {
 
     // Another job coalesces into a's lease instead of running.
     assert_eq!(
-        g.acquire("g", "msg-b", TTL, false).await.expect("b"),
+        g.acquire("g", "msg-b", TTL, false, None).await.expect("b"),
         Acquire::Coalesced { holder_token: 1 }
     );
     assert_eq!(
-        g.acquire("g", "msg-c", TTL, true).await.expect("c"),
+        g.acquire("g", "msg-c", TTL, true, None).await.expect("c"),
         Acquire::Coalesced { holder_token: 1 }
     );
     assert!(g.renew(&a, TTL).await.expect("renew"));
 
     // a's message redelivered (its worker died): it takes over with a newer token at once.
     let Acquire::Acquired { lease: a2, .. } =
-        g.acquire("g", "msg-a", TTL, false).await.expect("a2")
+        g.acquire("g", "msg-a", TTL, false, None).await.expect("a2")
     else {
         panic!("the holder's own message takes over");
     };
@@ -70,15 +70,21 @@ async fn lease_fences_coalesces_and_takes_over() {
     assert_eq!(g.state("g").await.expect("state").committed, None);
 
     // Coalesced requests before the takeover were covered by it (the new holder reads later);
-    // one after it is handed to the commit, with the strongest mode asked.
+    // one after it is handed to the commit, with the strongest mode asked and its own minimum
+    // quality.
     assert_eq!(
-        g.acquire("g", "msg-d", TTL, true).await.expect("d"),
+        g.acquire("g", "msg-d", TTL, true, Some(0.25))
+            .await
+            .expect("d"),
         Acquire::Coalesced { holder_token: 2 }
     );
     assert_eq!(
         g.commit(&a2, &run(2), 4).await.expect("commit"),
         Commit::Committed {
-            rerun: Some(Rerun { full: true })
+            rerun: Some(Rerun {
+                full: true,
+                min_quality: Some(0.25)
+            })
         }
     );
     let state = g.state("g").await.expect("state");
@@ -87,7 +93,7 @@ async fn lease_fences_coalesces_and_takes_over() {
 
     // Released: the next job gets a newer token and the committed state.
     let Acquire::Acquired { lease: e, state } =
-        g.acquire("g", "msg-e", TTL, false).await.expect("e")
+        g.acquire("g", "msg-e", TTL, false, None).await.expect("e")
     else {
         panic!("released lease is free");
     };
@@ -98,20 +104,21 @@ async fn lease_fences_coalesces_and_takes_over() {
 
     // An expired lease is free for anyone.
     let Acquire::Acquired { lease: f, .. } = g
-        .acquire("g", "msg-f", Duration::ZERO, false)
+        .acquire("g", "msg-f", Duration::ZERO, false, None)
         .await
         .expect("f")
     else {
         panic!("free");
     };
-    let Acquire::Acquired { lease: h, .. } = g.acquire("g", "msg-h", TTL, false).await.expect("h")
+    let Acquire::Acquired { lease: h, .. } =
+        g.acquire("g", "msg-h", TTL, false, None).await.expect("h")
     else {
         panic!("an expired lease is taken over");
     };
     assert!(h.token > f.token);
     g.abandon(&h).await.expect("abandon");
     assert!(matches!(
-        g.acquire("g", "msg-i", TTL, false).await.expect("i"),
+        g.acquire("g", "msg-i", TTL, false, None).await.expect("i"),
         Acquire::Acquired { .. }
     ));
 }
