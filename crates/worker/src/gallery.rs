@@ -4,9 +4,10 @@
 //!
 //! # Why MongoDB and not an S3 pointer
 //!
-//! The job roles may read S3 objects but not list the bucket, so S3 answers a missing key with
-//! 403, indistinguishable from a real denial. The worker therefore never reads a key that may
-//! not exist: the committed run's S3 key is stored here and is only written after the run JSON
+//! Without `s3:ListBucket` S3 answers a missing key with 403, indistinguishable from a real
+//! denial; the stack grants ListBucket limited to each role's prefixes, but a deployment with a
+//! stricter policy (or a bucket policy that denies listing) must not break grouping. The worker
+//! therefore never reads a key that may not exist: the committed run's S3 key is stored here and is only written after the run JSON
 //! itself was written, so the one S3 read a grouping job makes always hits an existing object.
 //!
 //! # Document layout (`huemn.galleries`, next to the trigger's `new_faces`/`grouping_pending`)
