@@ -504,13 +504,26 @@ impl MongoStore {
     /// [`PERSON_ID_CHUNK`] per `$in` (a gallery's unassigned faces in one filter could pass
     /// the 16 MiB BSON limit).
     pub async fn set_person_ids(&self, groups: &Groups, run_number: u64) -> Result<(), StoreError> {
+        self.set_person_ids_in_chunks(groups, run_number, PERSON_ID_CHUNK)
+            .await
+    }
+
+    /// [`set_person_ids`](Self::set_person_ids) with `chunk` ids per `$in` (tests use a small
+    /// one: the chunking is the same, without thousands of documents).
+    pub async fn set_person_ids_in_chunks(
+        &self,
+        groups: &Groups,
+        run_number: u64,
+        chunk: usize,
+    ) -> Result<(), StoreError> {
+        let chunk = chunk.max(1);
         let run = run_number as i64;
         let not_newer =
             doc! {"$or": [{"person_run": {"$exists": false}}, {"person_run": {"$lte": run}}]};
         for p in &groups.persons {
-            for chunk in p.face_ids.chunks(PERSON_ID_CHUNK) {
+            for ids in p.face_ids.chunks(chunk) {
                 let mut filter = not_newer.clone();
-                filter.insert("_id", doc! {"$in": chunk});
+                filter.insert("_id", doc! {"$in": ids});
                 self.faces
                     .update_many(
                         filter,
@@ -519,9 +532,9 @@ impl MongoStore {
                     .await?;
             }
         }
-        for chunk in groups.unassigned.chunks(PERSON_ID_CHUNK) {
+        for ids in groups.unassigned.chunks(chunk) {
             let mut filter = not_newer.clone();
-            filter.insert("_id", doc! {"$in": chunk});
+            filter.insert("_id", doc! {"$in": ids});
             self.faces
                 .update_many(
                     filter,

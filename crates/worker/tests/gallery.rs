@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use facegroup_core::{Groups, Person};
 use facegroup_worker::gallery::{Acquire, Commit, CommittedRun, GalleryStore, Rerun};
-use facegroup_worker::mongo::{MongoStore, PERSON_ID_CHUNK};
+use facegroup_worker::mongo::MongoStore;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
@@ -149,8 +149,10 @@ async fn person_ids_are_fenced_by_run_and_chunked() {
     let mongo = start_mongo();
     let (store, _, _) = stores(&mongo).await;
     let faces = store.faces();
-    // More unassigned faces than fit one chunk.
-    let n = PERSON_ID_CHUNK + 3;
+    // More faces than fit one chunk, for a person and for the unassigned ones (a small chunk
+    // here; production's PERSON_ID_CHUNK goes through the same loop).
+    const CHUNK: usize = 7;
+    let n = 3 * CHUNK + 3;
     let ids: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
     let docs: Vec<Document> = ids.iter().map(|id| doc! {"_id": id}).collect();
     faces.insert_many(docs).await.expect("insert");
@@ -163,7 +165,10 @@ async fn person_ids_are_fenced_by_run_and_chunked() {
         }],
         unassigned: ids[2..].to_vec(),
     };
-    store.set_person_ids(&newer, 5).await.expect("run 5");
+    store
+        .set_person_ids_in_chunks(&newer, 5, CHUNK)
+        .await
+        .expect("run 5");
     let older = Groups {
         persons: vec![Person {
             person_id: "person-1".into(),
@@ -173,7 +178,10 @@ async fn person_ids_are_fenced_by_run_and_chunked() {
         unassigned: vec![],
     };
     // A slow older run writing after the newer one changes nothing.
-    store.set_person_ids(&older, 4).await.expect("run 4");
+    store
+        .set_person_ids_in_chunks(&older, 4, CHUNK)
+        .await
+        .expect("run 4");
     let got = person_ids(faces).await;
     assert_eq!(got.len(), n);
     assert_eq!(got[0], ("f00000".into(), Some("person-2".into()), 5));
