@@ -196,6 +196,16 @@ fn assignment(run: &Value) -> BTreeMap<String, Option<String>> {
     out
 }
 
+/// The person ids of a run JSON.
+fn run_person_ids(run: &Value) -> BTreeSet<String> {
+    run["persons"]
+        .as_array()
+        .expect("persons")
+        .iter()
+        .map(|p| p["person_id"].as_str().expect("id").to_string())
+        .collect()
+}
+
 /// Asserts every stored face carries the committed run's person id and run number.
 async fn assert_faces_match(s: &Stack, run: &Value) {
     assert_faces_match_in(s, GALLERY, run).await;
@@ -248,11 +258,7 @@ async fn first_grouping_reads_no_key_that_may_not_exist() {
         s.add_faces(p, 0, 4).await;
     }
     s.send_job("incremental").await;
-    let mut w = s.worker(0, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(0).await;
 
     // Under GetObject-without-ListBucket a read of a missing key is a 403; the first job of a
     // new gallery must not read anything under groups/ at all. (Taken before this test's own
@@ -269,11 +275,7 @@ async fn first_grouping_reads_no_key_that_may_not_exist() {
     s.add_faces(3, 0, 3).await;
     s.send_job("full").await;
     let before = recorded_gets(&recording, &s.bucket).len();
-    let mut w = s.worker(1, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(1).await;
     let gets = recorded_gets(&recording, &s.bucket).split_off(before);
     let committed_key = format!(
         "groups/{GALLERY}/{}.json",
@@ -284,19 +286,11 @@ async fn first_grouping_reads_no_key_that_may_not_exist() {
     assert_eq!(run2["persons"].as_array().map(Vec::len), Some(4));
     assert_faces_match(&s, &run2).await;
     // Persons that continue keep their ids.
-    let ids = |r: &Value| -> BTreeSet<String> {
-        r["persons"]
-            .as_array()
-            .expect("persons")
-            .iter()
-            .map(|p| p["person_id"].as_str().expect("id").to_string())
-            .collect()
-    };
     assert!(
-        ids(&run).is_subset(&ids(&run2)),
+        run_person_ids(&run).is_subset(&run_person_ids(&run2)),
         "{:?} -> {:?}",
-        ids(&run),
-        ids(&run2)
+        run_person_ids(&run),
+        run_person_ids(&run2)
     );
 }
 
@@ -370,11 +364,7 @@ async fn empty_face_set_keeps_the_committed_run() {
         s.add_faces(p, 0, 3).await;
     }
     s.send_job("full").await;
-    let mut w = s.worker(0, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(0).await;
     let run = s.committed_run().await;
     let latest_key = format!("groups/{GALLERY}/latest.json");
     let latest = s.json(&latest_key).await;
@@ -383,11 +373,7 @@ async fn empty_face_set_keeps_the_committed_run() {
     let saved = s.all_faces().await;
     s.faces().delete_many(doc! {}).await.expect("delete");
     s.send_job("full").await;
-    let mut w = s.worker(1, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(1).await;
     assert_eq!(s.committed_run().await, run);
     assert_eq!(s.json(&latest_key).await, latest);
     assert_eq!(queue_counts(&s.sqs, &s.dlq).await, (0, 0));
@@ -397,27 +383,15 @@ async fn empty_face_set_keeps_the_committed_run() {
     s.faces().insert_many(saved).await.expect("restore");
     s.add_faces(2, 0, 3).await;
     s.send_job("full").await;
-    let mut w = s.worker(2, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(2).await;
     let run2 = s.committed_run().await;
     assert_faces_match(&s, &run2).await;
-    let ids = |r: &Value| -> BTreeSet<String> {
-        r["persons"]
-            .as_array()
-            .expect("persons")
-            .iter()
-            .map(|p| p["person_id"].as_str().expect("id").to_string())
-            .collect()
-    };
     assert_eq!(
-        ids(&run),
+        run_person_ids(&run),
         BTreeSet::from(["person-1".to_string(), "person-2".to_string()])
     );
     assert_eq!(
-        ids(&run2),
+        run_person_ids(&run2),
         BTreeSet::from([
             "person-1".to_string(),
             "person-2".to_string(),
@@ -457,11 +431,7 @@ async fn runtime_failure_mid_job_exits_3_and_releases_the_message() {
     );
 
     // A healthy worker takes the message (and the gallery's lease) at once.
-    let mut w = s.worker(1, &[]);
-    assert_eq!(
-        wait_exit(&mut w, Duration::from_secs(180)).await.code(),
-        Some(0)
-    );
+    s.run_worker(1).await;
     assert_eq!(queue_counts(&s.sqs, &s.queue).await, (0, 0));
     let run = s.committed_run().await;
     assert_faces_match(&s, &run).await;
@@ -645,13 +615,18 @@ impl Stack {
         }
     }
 
-    /// Runs one draining worker over what is queued.
-    async fn drain(&self, n: usize) {
+    /// Runs one draining worker (log `n`) over what is queued; it must exit 0.
+    async fn run_worker(&self, n: usize) {
         let mut w = self.worker(n, &[]);
         assert_eq!(
             wait_exit(&mut w, Duration::from_secs(180)).await.code(),
             Some(0)
         );
+    }
+
+    /// [`run_worker`](Self::run_worker), then the queue and its DLQ are empty.
+    async fn drain(&self, n: usize) {
+        self.run_worker(n).await;
         assert_eq!(queue_counts(&self.sqs, &self.dlq).await, (0, 0));
         assert_eq!(queue_counts(&self.sqs, &self.queue).await, (0, 0));
     }
