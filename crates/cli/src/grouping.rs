@@ -139,11 +139,13 @@ mod tests {
                     person_id: "person-1".into(),
                     face_ids: vec!["a".into(), "b".into()],
                     representative: "a".into(),
+                    name: None,
                 },
                 Person {
                     person_id: "person-2".into(),
                     face_ids: vec!["c".into()],
                     representative: "c".into(),
+                    name: None,
                 },
             ],
             unassigned: vec!["d".into(), "e".into()],

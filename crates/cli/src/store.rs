@@ -315,6 +315,7 @@ impl Store {
                 face_ids: members.remove(&person_id).unwrap_or_default(),
                 person_id,
                 representative,
+                name: None,
             });
         }
         let mut stmt = self

@@ -32,8 +32,8 @@ pub use detect::{BBox, DetectMode, Detection, DetectorConfig, FaceDetector, Scrf
 pub use embed::{ArcFace, EmbedderConfig, FaceEmbedder, EMBEDDING_DIM};
 pub use error::{DecodeError, Error, ModelError};
 pub use group::{
-    assign_new_faces, group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError,
-    GroupMode, Groups, KnnConfig, MustLink, Person,
+    assign_new_faces, group_faces, regroup, Constraints, Correction, CorrectionError, Corrections,
+    FaceInput, GroupConfig, GroupError, GroupMode, Groups, KnnConfig, MustLink, Person,
 };
 pub use pipeline::{Face, Pipeline, PipelineConfig, StageTimes};
 pub use pool::PipelinePool;

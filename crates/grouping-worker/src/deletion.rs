@@ -15,6 +15,9 @@
 //!   a tombstone, every face, result JSON, run JSON and `latest.json` is deleted, and the
 //!   gallery document is replaced by a tombstone holding only `deleted_at` and the run counters.
 //!
+//! Each scope also erases what users said about the deleted faces and persons (their names,
+//! confirmed and rejected faces: `facegroup_worker::corrections`).
+//!
 //! # Removing a person or image from the grouping
 //!
 //! The committed run is rewritten without the deleted faces (a person left without faces
@@ -141,6 +144,9 @@ impl GroupingHandler {
                 .await?;
                 info!(gallery_id = %g, image_id = %image_id, faces, "image erased");
                 let prefix = format!("{}:", image_key(g, image_id));
+                self.corrections()
+                    .forget_faces(g, |f| f.starts_with(&prefix))
+                    .await?;
                 self.commit_without(lease, state, |groups| {
                     redact(groups, |f| f.starts_with(&prefix), None)
                 })
@@ -153,7 +159,13 @@ impl GroupingHandler {
                     .and_then(|r| r.persons.iter().find(|p| &p.person_id == person_id))
                     .map(|p| p.face_ids.clone())
                     .unwrap_or_default();
+                // Its corrections go either way: a dissolved person's pin must not revive it.
+                let corrections = self.corrections();
+                corrections.forget_person(g, person_id).await?;
                 if *faces {
+                    corrections
+                        .forget_faces(g, |f| face_ids.iter().any(|d| d == f))
+                        .await?;
                     self.drop_from_result_jsons(g, &face_ids).await?;
                     let n = self
                         .services
@@ -257,6 +269,7 @@ impl GroupingHandler {
         keys.extend((state.purged_below..lease.token).map(|n| self.run_key(g, n)));
         keys.push(format!("{}{g}/latest.json", self.groups_prefix));
         self.services.s3.delete_keys(&keys).await?;
+        self.corrections().delete_gallery(g).await?;
         if !self.galleries.finish_deletion(lease).await? {
             return Err(lost());
         }

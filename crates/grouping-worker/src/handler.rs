@@ -26,7 +26,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use facegroup_core::{group_faces, regroup, FaceInput, GroupConfig, GroupError, GroupMode, Groups};
+use facegroup_core::{
+    group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError, GroupMode, Groups,
+};
+use facegroup_worker::corrections::CorrectionStore;
 use facegroup_worker::gallery::{
     Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
 };
@@ -97,6 +100,7 @@ impl Handler for GroupingHandler {
         let job = match jobs::parse_grouping_queue(&msg.body)? {
             GroupingQueueJob::Group(job) => job,
             GroupingQueueJob::Delete(deletion) => return self.delete(msg, &deletion).await,
+            GroupingQueueJob::Correct(correction) => return self.correct(msg, &correction).await,
         };
         jobs::check_id("gallery_id", &job.gallery_id)?;
         let mut cfg = self.config.clone();
@@ -152,7 +156,7 @@ impl Handler for GroupingHandler {
             cfg.knn.exact_max = 0;
         }
         let (faces, persons, per_person) = probe_faces();
-        let groups = tokio::task::spawn_blocking(move || group(&faces, &cfg, None, None))
+        let groups = tokio::task::spawn_blocking(move || group(&faces, &cfg, None, None, None))
             .await
             .map_err(|e| format!("probe grouping thread died: {e}"))?
             .map_err(|e| format!("probe grouping failed: {e}"))?;
@@ -271,9 +275,14 @@ impl GroupingHandler {
             persons: p.persons,
             unassigned: p.unassigned,
         });
+        // Users' corrections bind every run: anchored persons keep their faces, ids and names.
+        let book = self.corrections().load(&job.gallery_id).await?;
         let face_count = faces.len();
         let (groups, next_person) = tokio::task::spawn_blocking(move || {
-            let mut groups = group(&faces, &cfg, prev_groups.as_ref(), Some(mode))?;
+            let constraints = book.constraints();
+            let constraints = (!constraints.is_empty()).then_some(&constraints);
+            let mut groups = group(&faces, &cfg, prev_groups.as_ref(), Some(mode), constraints)?;
+            book.label(&mut groups);
             let next = number_new_persons(&mut groups, prev_groups.as_ref(), state.next_person);
             Ok::<_, GroupError>((groups, next))
         })
@@ -337,7 +346,12 @@ impl GroupingHandler {
     /// one: jobs that wrote their run and died (or lost their lease) before committing. Their
     /// keys follow from the numbers, so nothing is listed. Best effort: a failure leaves
     /// garbage no reader follows (readers go by the committed key), not a wrong state.
-    async fn delete_uncommitted_runs(&self, gallery_id: &str, previous: u64, current: u64) {
+    pub(crate) async fn delete_uncommitted_runs(
+        &self,
+        gallery_id: &str,
+        previous: u64,
+        current: u64,
+    ) {
         /// A bound on one cleanup (a gallery with more failed attempts keeps the older ones).
         const MAX_CLEANED: u64 = 1000;
         let from = (previous + 1).max(current.saturating_sub(MAX_CLEANED));
@@ -401,6 +415,11 @@ impl GroupingHandler {
             warn!(gallery_id, key = %committed.key, "committed run JSON is missing; regrouping without it");
         }
         Ok(run)
+    }
+
+    /// The users' corrections of the galleries (`facegroup_worker::corrections`).
+    pub(crate) fn corrections(&self) -> CorrectionStore {
+        CorrectionStore::new(&self.services.mongo)
     }
 
     /// `latest.json`, only while this run is still the committed one (a newer run writes its
@@ -471,6 +490,7 @@ fn group(
     cfg: &GroupConfig,
     previous: Option<&Groups>,
     mode: Option<GroupMode>,
+    constraints: Option<&Constraints>,
 ) -> Result<Groups, GroupError> {
     if fault::forced("grouping-runtime") {
         return Err(GroupError::Faiss(
@@ -478,8 +498,8 @@ fn group(
         ));
     }
     match mode {
-        Some(mode) => regroup(faces, cfg, mode, previous, None).map(|(groups, _)| groups),
-        None => group_faces(faces, cfg, previous, None),
+        Some(mode) => regroup(faces, cfg, mode, previous, constraints).map(|(groups, _)| groups),
+        None => group_faces(faces, cfg, previous, constraints),
     }
 }
 
@@ -593,7 +613,7 @@ mod tests {
     #[test]
     fn probe_set_groups_into_its_persons() {
         let (faces, persons, per_person) = probe_faces();
-        let groups = group(&faces, &GroupConfig::default(), None, None).expect("groups");
+        let groups = group(&faces, &GroupConfig::default(), None, None, None).expect("groups");
         let sizes: Vec<usize> = groups.persons.iter().map(|p| p.face_ids.len()).collect();
         assert_eq!(sizes, vec![per_person; persons]);
         assert!(groups.unassigned.is_empty());

@@ -9,6 +9,7 @@
 //! This file only wires flags to the engine: the lifecycle is `facegroup_worker::run`, the job
 //! is [`handler::GroupingHandler`].
 
+mod correction;
 mod deletion;
 mod handler;
 

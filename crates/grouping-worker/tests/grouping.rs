@@ -3,7 +3,8 @@
 //! grouping of a gallery reads no S3 key that may not exist, concurrent jobs of one gallery end
 //! in one committed run, an empty face set keeps the committed run, a runtime failure mid-job
 //! exits 3 and releases the message, a crash at every write step followed by a rerun ends
-//! in the state of an uninterrupted run, and deletion jobs leave nothing of what they delete.
+//! in the state of an uninterrupted run, deletion jobs leave nothing of what they delete, and
+//! users' corrections hold across full and incremental regroups and redelivery.
 //!
 //! The binary is the one cargo builds for these tests: the dev-dependency on
 //! `facegroup-worker/testing` compiles its fault hook in; `cargo build` of the binary has none.
@@ -546,6 +547,7 @@ async fn everything(s: &Stack) -> BTreeMap<String, String> {
         ("gallery_images", "faces"),
         ("huemn", "images"),
         ("huemn", "galleries"),
+        ("huemn", "person_corrections"),
     ] {
         for d in all_docs(s, db, coll).await {
             let id = format!(
@@ -562,6 +564,14 @@ async fn everything(s: &Stack) -> BTreeMap<String, String> {
         );
     }
     out
+}
+
+/// [`everything`] but the gallery documents (every job takes a lease token there).
+fn without_gallery(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with("galleries:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Every document of `db.coll`.
@@ -633,7 +643,7 @@ impl Stack {
 
     /// Sends `body` twice in turn: after the first run and after the redelivered one, the
     /// stores are the same (but for the lease counter a job takes).
-    async fn delete_twice(&self, body: Value, n: usize) -> BTreeMap<String, String> {
+    async fn send_twice(&self, body: Value, n: usize) -> BTreeMap<String, String> {
         self.send(&self.queue, body.clone()).await;
         self.drain(n).await;
         let once = everything(self).await;
@@ -641,12 +651,6 @@ impl Stack {
         self.send(&self.queue, body.clone()).await;
         self.drain(n + 1).await;
         let twice = everything(self).await;
-        let without_gallery = |m: &BTreeMap<String, String>| {
-            m.iter()
-                .filter(|(k, _)| !k.starts_with("galleries:"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
         assert_eq!(without_gallery(&twice), without_gallery(&once), "{body}");
         let again = self.galleries().state(GALLERY).await.expect("state");
         assert_eq!(again.committed, state.committed, "{body}");
@@ -685,10 +689,22 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
     assert_eq!(run["persons"].as_array().map(Vec::len), Some(4));
     let p1 = person_of(&run, &format!("{GALLERY}/p1-"));
     let p2 = person_of(&run, &format!("{GALLERY}/p2-"));
+    // Names are what users said about persons: they go with what is deleted.
+    for (n, (p, name)) in [(0, "Zoe"), (1, "Pia"), (2, "Max")].into_iter().enumerate() {
+        let person_id = person_of(&run, &format!("{GALLERY}/p{p}-"));
+        s.send(
+            &s.queue,
+            json!({"type": "correction", "gallery_id": GALLERY,
+            "action": "name", "person_id": person_id, "name": name}),
+        )
+        .await;
+        s.drain(20 + n).await;
+    }
+    assert_eq!(all_docs(&s, "huemn", "person_corrections").await.len(), 3);
 
     // One image: a tombstone is all that is left of it, everywhere; redelivered, nothing changes.
     let all = s
-        .delete_twice(
+        .send_twice(
             json!({"type": "delete", "scope": "image", "gallery_id": GALLERY, "image_id": "p0-img0"}),
             1,
         )
@@ -718,7 +734,7 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
     assert_faces_match(&s, &run).await;
 
     // A person, only its grouping: the faces stay, unassigned; the id is retired.
-    s.delete_twice(
+    s.send_twice(
         json!({"type": "delete", "scope": "person", "gallery_id": GALLERY, "person_id": p1, "faces": false}),
         3,
     )
@@ -732,16 +748,19 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
     assert_eq!(p1_faces.len(), 3);
     assert!(p1_faces.iter().all(|(_, p)| p.is_none()), "{p1_faces:?}");
     assert_faces_match(&s, &run).await;
-    assert_gone(&everything(&s).await, &format!("\"{p1}\""));
+    let all = everything(&s).await;
+    assert_gone(&all, &format!("\"{p1}\""));
+    assert_gone(&all, "Pia");
 
     // A person with its faces: gone from faces, result JSONs and runs.
     let all = s
-        .delete_twice(
+        .send_twice(
             json!({"type": "delete", "scope": "person", "gallery_id": GALLERY, "person_id": p2, "faces": true}),
             5,
         )
         .await;
     assert_gone(&all, &format!("\"{p2}\""));
+    assert_gone(&all, "Max");
     for i in 0..3 {
         assert_gone(&all, &format!("{GALLERY}/p2-img{i}:"));
     }
@@ -766,7 +785,7 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
 
     // The gallery: tombstones for its images and itself, nothing else, in MongoDB or S3.
     let all = s
-        .delete_twice(
+        .send_twice(
             json!({"type": "delete", "scope": "gallery", "gallery_id": GALLERY}),
             8,
         )
@@ -802,4 +821,139 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
         gallery.contains("deleted_at") && !gallery.contains("committed") && !gallery.contains("p0"),
         "{gallery}"
     );
+}
+
+/// The person of `run` holding face `face_id`, if any.
+fn holder(run: &Value, face_id: &str) -> Option<String> {
+    assignment(run).get(face_id).cloned().flatten()
+}
+
+fn face(person: usize, i: usize) -> String {
+    format!("{GALLERY}/p{person}-img{i}:{MODEL_VERSION}:0")
+}
+
+/// The person `person_id` of `run` as JSON.
+fn person_json<'a>(run: &'a Value, person_id: &str) -> &'a Value {
+    run["persons"]
+        .as_array()
+        .expect("persons")
+        .iter()
+        .find(|p| p["person_id"] == person_id)
+        .unwrap_or_else(|| panic!("no {person_id} in {run}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_hold_across_full_and_incremental_regroups_and_redelivery() {
+    let s = stack("corrections", None).await;
+    for p in 0..4 {
+        s.add_faces(p, 0, 4).await;
+    }
+    s.send_job("full").await;
+    s.drain(0).await;
+    let run = s.committed_run().await;
+    let ids: Vec<String> = (0..4)
+        .map(|p| person_of(&run, &format!("{GALLERY}/p{p}-")))
+        .collect();
+    let correction = |fields: Value| {
+        let mut body = json!({"type": "correction", "gallery_id": GALLERY});
+        if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+            b.extend(f.clone());
+        }
+        body
+    };
+
+    // Each correction sent twice: the second delivery changes nothing (send_twice asserts it).
+    s.send_twice(
+        correction(json!({"action": "merge", "into": ids[0], "from": [ids[1]]})),
+        1,
+    )
+    .await;
+    let rejected = face(2, 0);
+    s.send_twice(
+        correction(json!({"action": "not_person", "face_id": rejected, "person_id": ids[2]})),
+        3,
+    )
+    .await;
+    s.send_twice(
+        correction(json!({"action": "name", "person_id": ids[3], "name": "Ana"})),
+        5,
+    )
+    .await;
+    // A correction naming what is not there is refused, and changes nothing.
+    let before = everything(&s).await;
+    s.send(
+        &s.queue,
+        correction(json!({"action": "name", "person_id": "person-99", "name": "Nobody"})),
+    )
+    .await;
+    s.drain(7).await;
+    assert!(
+        without_gallery(&everything(&s).await) == without_gallery(&before),
+        "a refused correction changed the stores"
+    );
+
+    let holds = |run: &Value, faces_per_person: usize| {
+        // The merge: persons 0 and 1 are one person (their synthetic centres are far apart, so
+        // clustering alone splits them), and the merged-away id is gone.
+        for p in 0..2 {
+            for i in 0..faces_per_person {
+                assert_eq!(holder(run, &face(p, i)), Some(ids[0].clone()), "{run}");
+            }
+        }
+        assert!(!run_person_ids(run).contains(&ids[1]), "{run}");
+        // Not this person: the face never returns to it (it is close to the person's centre).
+        assert_ne!(holder(run, &rejected), Some(ids[2].clone()), "{run}");
+        // Its other faces at the time were confirmed by the correction: they stay. (New faces
+        // as close to the rejected face as to the person may go either way.)
+        for i in 1..4 {
+            assert_eq!(holder(run, &face(2, i)), Some(ids[2].clone()), "{run}");
+        }
+        // The named person keeps its id and name.
+        let ana = person_json(run, &ids[3]);
+        assert_eq!(ana["name"], "Ana", "{run}");
+        for i in 0..faces_per_person {
+            assert_eq!(holder(run, &face(3, i)), Some(ids[3].clone()), "{run}");
+        }
+    };
+    let run = s.committed_run().await;
+    holds(&run, 4);
+    assert_faces_match(&s, &run).await;
+
+    // A full regroup re-clusters every face under the corrections.
+    s.send_job("full").await;
+    s.drain(8).await;
+    let run = s.committed_run().await;
+    holds(&run, 4);
+    assert_faces_match(&s, &run).await;
+
+    // New faces, filed incrementally, then everything regrouped again.
+    for p in 0..4 {
+        s.add_faces(p, 4, 2).await;
+    }
+    s.send_job("incremental").await;
+    s.drain(9).await;
+    let run = s.committed_run().await;
+    holds(&run, 6);
+    assert_faces_match(&s, &run).await;
+    s.send_job("full").await;
+    s.drain(10).await;
+    let run = s.committed_run().await;
+    holds(&run, 6);
+    assert_faces_match(&s, &run).await;
+
+    // Split: the face becomes a new person of its own, and stays one.
+    let split = face(0, 5);
+    s.send_twice(correction(json!({"action": "split", "face_id": split})), 11)
+        .await;
+    let run = s.committed_run().await;
+    let new = holder(&run, &split).expect("split face has a person");
+    assert!(!ids.contains(&new), "{new} is a new id");
+    assert_eq!(
+        person_json(&run, &new)["face_ids"].as_array().map(Vec::len),
+        Some(1)
+    );
+    s.send_job("full").await;
+    s.drain(13).await;
+    let run = s.committed_run().await;
+    assert_eq!(holder(&run, &split), Some(new));
 }

@@ -7,7 +7,7 @@
 //! the gallery's lease while it works, which orders a deletion against every grouping run of
 //! the gallery (see the grouping worker's `deletion` module for the race rule with detection).
 
-use facegroup_core::GroupMode;
+use facegroup_core::{Correction, GroupMode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
@@ -72,28 +72,60 @@ pub enum DeletionScope {
     Person { person_id: String, faces: bool },
 }
 
+/// A correction job (`docs/schemas/correction-job.schema.json`): a user's correction of a
+/// gallery's persons (`facegroup_core::Correction`, its `action` and fields inline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectionJob {
+    /// Always `correction`.
+    #[serde(rename = "type")]
+    pub kind: CorrectionTag,
+    pub gallery_id: String,
+    #[serde(flatten)]
+    pub correction: Correction,
+}
+
+/// The `type` of a [`CorrectionJob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorrectionTag {
+    Correction,
+}
+
 /// A message of the grouping queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupingQueueJob {
     Group(GroupingJob),
     Delete(DeletionJob),
+    Correct(CorrectionJob),
 }
 
-/// Parses a grouping-queue body: a deletion when `type` is `delete`, a grouping job otherwise.
+/// Parses a grouping-queue body by its `type`: `delete`, `correction`, or none for a grouping
+/// job.
 pub fn parse_grouping_queue(body: &str) -> Result<GroupingQueueJob, JobError> {
     let v: serde_json::Value = parse(body)?;
-    if v.get("type").is_some() {
-        let job: DeletionJob = serde_json::from_value(v)
-            .map_err(|e| JobError::permanent(format!("invalid deletion job: {e}")))?;
-        check_id("gallery_id", &job.gallery_id)?;
-        match &job.scope {
-            DeletionScope::Image { image_id } => check_id("image_id", image_id)?,
-            DeletionScope::Person { person_id, .. } => check_id("person_id", person_id)?,
-            DeletionScope::Gallery => {}
+    match v.get("type").map(|t| t.as_str()) {
+        None => Ok(GroupingQueueJob::Group(parse(body)?)),
+        Some(Some("delete")) => {
+            let job: DeletionJob = serde_json::from_value(v)
+                .map_err(|e| JobError::permanent(format!("invalid deletion job: {e}")))?;
+            check_id("gallery_id", &job.gallery_id)?;
+            match &job.scope {
+                DeletionScope::Image { image_id } => check_id("image_id", image_id)?,
+                DeletionScope::Person { person_id, .. } => check_id("person_id", person_id)?,
+                DeletionScope::Gallery => {}
+            }
+            Ok(GroupingQueueJob::Delete(job))
         }
-        return Ok(GroupingQueueJob::Delete(job));
+        Some(Some("correction")) => {
+            let job: CorrectionJob = serde_json::from_value(v)
+                .map_err(|e| JobError::permanent(format!("invalid correction job: {e}")))?;
+            check_id("gallery_id", &job.gallery_id)?;
+            Ok(GroupingQueueJob::Correct(job))
+        }
+        Some(other) => Err(JobError::permanent(format!(
+            "unknown grouping-queue message type {other:?}"
+        ))),
     }
-    Ok(GroupingQueueJob::Group(parse(body)?))
 }
 
 /// Parses a message body; any error is permanent.
@@ -160,7 +192,7 @@ mod tests {
     fn deletion_jobs_are_told_from_grouping_jobs() {
         let d = |body: &str| match parse_grouping_queue(body) {
             Ok(GroupingQueueJob::Delete(d)) => Ok(d.scope),
-            Ok(GroupingQueueJob::Group(g)) => panic!("parsed as grouping: {g:?}"),
+            Ok(other) => panic!("not a deletion: {other:?}"),
             Err(e) => Err(e.class),
         };
         assert_eq!(
@@ -205,5 +237,39 @@ mod tests {
         }
         assert_eq!(image_id_of(r#"{"image_id":"x1"}"#).as_deref(), Some("x1"));
         assert_eq!(image_id_of(r#"{"image_id":"../x"}"#), None);
+    }
+
+    #[test]
+    fn correction_jobs_carry_the_core_correction() {
+        let c = |body: &str| match parse_grouping_queue(body) {
+            Ok(GroupingQueueJob::Correct(c)) => Ok(c.correction),
+            Ok(other) => panic!("not a correction: {other:?}"),
+            Err(e) => Err(e.class),
+        };
+        assert_eq!(
+            c(
+                r#"{"type":"correction","gallery_id":"g","action":"merge","into":"person-1","from":["person-2"]}"#
+            ),
+            Ok(Correction::Merge {
+                into: "person-1".into(),
+                from: vec!["person-2".into()]
+            })
+        );
+        assert_eq!(
+            c(
+                r#"{"type":"correction","gallery_id":"g","action":"name","person_id":"person-1","name":"Ana"}"#
+            ),
+            Ok(Correction::Name {
+                person_id: "person-1".into(),
+                name: "Ana".into()
+            })
+        );
+        for bad in [
+            r#"{"type":"correction","gallery_id":"g","action":"merge","into":"person-1"}"#,
+            r#"{"type":"correction","gallery_id":"g","action":"forget","face_id":"f"}"#,
+            r#"{"type":"correction","gallery_id":"../g","action":"split","face_id":"f"}"#,
+        ] {
+            assert_eq!(c(bad), Err(ErrorClass::Permanent), "{bad}");
+        }
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod corrections;
 mod entry;
 pub mod erase;
 pub mod error;

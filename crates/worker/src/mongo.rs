@@ -146,6 +146,9 @@ impl MongoStore {
                     .build(),
             )
             .await?;
+        crate::corrections::CorrectionStore::new(self)
+            .ensure_indexes()
+            .await?;
         Ok(())
     }
 

@@ -162,6 +162,7 @@ async fn person_ids_are_fenced_by_run_and_chunked() {
             person_id: "person-2".into(),
             face_ids: vec!["f00000".into(), "f00001".into()],
             representative: "f00000".into(),
+            name: None,
         }],
         unassigned: ids[2..].to_vec(),
     };
@@ -174,6 +175,7 @@ async fn person_ids_are_fenced_by_run_and_chunked() {
             person_id: "person-1".into(),
             face_ids: ids.clone(),
             representative: "f00000".into(),
+            name: None,
         }],
         unassigned: vec![],
     };

@@ -244,6 +244,7 @@ impl Assignment {
                     representative: representative
                         .get(p.person_id.as_str())
                         .map_or_else(|| p.representative.clone(), |r| (*r).to_owned()),
+                    name: p.name.clone(),
                 }
             })
             .collect();

@@ -33,6 +33,7 @@
 #[cfg(feature = "eval")]
 pub mod baselines;
 mod constraints;
+pub mod corrections;
 pub mod hac;
 pub mod incremental;
 pub mod knn;
@@ -46,6 +47,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use constraints::{Constraints, MustLink};
+pub use corrections::{Applied, Correction, CorrectionError, Corrections, PersonFacts};
 pub use hac::{Cohesion, MergeThreshold};
 pub use knn::{KnnConfig, KnnGraph};
 pub use mode::{regroup, GroupMode};
@@ -84,6 +86,9 @@ pub struct Person {
     pub face_ids: Vec<String>,
     /// The face to show for the person: its best-quality seed face.
     pub representative: String,
+    /// The name a user gave the person ([`Corrections`]); the grouping itself never sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Person {
@@ -99,6 +104,7 @@ impl Person {
             person_id: person_id.into(),
             representative: face_ids.first().cloned().unwrap_or_default(),
             face_ids,
+            name: None,
         }
     }
 }
@@ -623,6 +629,7 @@ fn finish(set: &FaceSet, persons: Vec<Cluster>, previous: Option<&Groups>) -> Gr
                 person_id,
                 face_ids: members.iter().map(|&i| set.ids[i].clone()).collect(),
                 representative: set.ids[rep].clone(),
+                name: None,
             }
         })
         .collect();
