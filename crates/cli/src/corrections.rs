@@ -1,22 +1,24 @@
 //! The user's corrections of the grouping: `facegroup person merge|name` and `facegroup face
-//! move|not`, stored in the library store and applied again after every regrouping.
+//! move|not|split`. Their meaning is core's (`facegroup_core::group::corrections`, the same as
+//! the grouping worker's correction jobs): each edits the stored grouping at once and records
+//! facts per person in the store (confirmed faces, rejected faces, the name), and every later
+//! `facegroup run` hands the facts to the grouping as must-link / cannot-link constraints, so a
+//! merge is never undone, a rejected face never returns, a named person keeps its id and name.
 //!
-//! The core grouping takes no constraints yet, so corrections are applied *after* it, in the
-//! order they were made: a merge moves every face of one person into another, a move files a
-//! face under a person, a not-this-person sends a face back to the unassigned ones. That is
-//! honoured on every later run as long as the person ids a correction names still exist
-//! (grouping keeps ids of persons that continue); a correction naming a person that a full
-//! regroup dissolved does nothing. What is not honoured yet: the clustering itself does not
-//! know the corrections (a not-this-person face is not kept from bridging two clusters, a merge
-//! does not pull look-alike new faces). The corrections are recorded so that a core API with
-//! must-link / cannot-link constraints can use them later. Names are kept by person id.
+//! `facegroup run` also reads an optional `corrections.json` in the output folder: facts in
+//! core's `Corrections` JSON (`{"persons": {"person-3": {"faces": [...], "not_faces": [...],
+//! "name": "Ana"}}}`), added to the stored ones for that run (a way to bring corrections made
+//! elsewhere, or to edit them by hand).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use facegroup_core::group::{Groups, Person};
+use anyhow::{bail, Context, Result};
+use facegroup_core::group::{Correction, Corrections, Groups};
 
-use crate::store::{Correction, Store};
+use crate::store::Store;
+
+/// File name of the optional facts file in the output folder.
+pub const CORRECTIONS_FILE: &str = "corrections.json";
 
 #[derive(Debug, clap::Args)]
 pub struct PersonArgs {
@@ -58,217 +60,127 @@ pub enum FaceCommand {
         #[arg(long)]
         person: String,
     },
+    /// Face F is someone else: a new person of its own.
+    Split { face: String },
 }
 
 pub fn person(args: &PersonArgs) -> Result<()> {
-    let mut store = open(args.out.as_ref())?;
-    let groups = store.groups()?.unwrap_or_default();
-    match &args.command {
-        PersonCommand::Merge { a, b } => {
-            require_person(&groups, a)?;
-            require_person(&groups, b)?;
-            if a == b {
-                bail!("cannot merge {a} with itself");
-            }
-            correct(
-                &mut store,
-                groups,
-                Correction::Merge {
-                    into: a.clone(),
-                    from: b.clone(),
-                },
-            )
-        }
-        PersonCommand::Name { a, name } => {
-            require_person(&groups, a)?;
-            store.name_person(a, name)?;
-            println!("{a} is now named {name:?}");
-            Ok(())
-        }
-    }
+    let correction = match &args.command {
+        PersonCommand::Merge { a, b } => Correction::Merge {
+            into: a.clone(),
+            from: vec![b.clone()],
+        },
+        PersonCommand::Name { a, name } => Correction::Name {
+            person_id: a.clone(),
+            name: name.clone(),
+        },
+    };
+    correct(args.out.as_ref(), &correction)
 }
 
 pub fn face(args: &FaceArgs) -> Result<()> {
-    let mut store = open(args.out.as_ref())?;
-    let groups = store.groups()?.unwrap_or_default();
-    let (face, person, correction) = match &args.command {
-        FaceCommand::Move { face, to } => (
-            face,
-            to,
-            Correction::Move {
-                face: face.clone(),
-                to: to.clone(),
-            },
-        ),
-        FaceCommand::Not { face, person } => (
-            face,
-            person,
-            Correction::Not {
-                face: face.clone(),
-                person: person.clone(),
-            },
-        ),
+    let correction = match &args.command {
+        FaceCommand::Move { face, to } => Correction::Move {
+            face_id: face.clone(),
+            to: to.clone(),
+        },
+        FaceCommand::Not { face, person } => Correction::NotPerson {
+            face_id: face.clone(),
+            person_id: person.clone(),
+        },
+        FaceCommand::Split { face } => Correction::Split {
+            face_id: face.clone(),
+        },
     };
-    require_person(&groups, person)?;
-    let known = groups.unassigned.contains(face)
-        || groups.persons.iter().any(|p| p.face_ids.contains(face));
-    if !known {
-        bail!("no face {face} in the store (face ids are in faces.jsonl)");
-    }
-    correct(&mut store, groups, correction)
+    correct(args.out.as_ref(), &correction)
 }
 
-/// Applies `corrections` in order to a fresh grouping.
-pub fn apply_all(mut groups: Groups, corrections: &[Correction]) -> Groups {
-    for c in corrections {
-        groups = apply(groups, c);
-    }
-    groups
-}
-
-/// One correction; a correction naming a person or face that is not there does nothing.
-pub fn apply(mut groups: Groups, correction: &Correction) -> Groups {
-    let position = |g: &Groups, id: &str| g.persons.iter().position(|p| p.person_id == id);
-    match correction {
-        Correction::Merge { into, from } => {
-            if let (Some(i), Some(j)) = (position(&groups, into), position(&groups, from)) {
-                if i != j {
-                    let moved = std::mem::take(&mut groups.persons[j].face_ids);
-                    groups.persons[i].face_ids.extend(moved);
-                    groups.persons[i].face_ids.sort();
-                }
-            }
-        }
-        Correction::Move { face, to } => {
-            if let Some(i) = position(&groups, to) {
-                let exists = take_face(&mut groups, face);
-                if exists {
-                    groups.persons[i].face_ids.push(face.clone());
-                    groups.persons[i].face_ids.sort();
-                }
-            }
-        }
-        Correction::Not { face, person } => {
-            if let Some(i) = position(&groups, person) {
-                let before = groups.persons[i].face_ids.len();
-                groups.persons[i].face_ids.retain(|f| f != face);
-                if groups.persons[i].face_ids.len() < before {
-                    groups.unassigned.push(face.clone());
-                    groups.unassigned.sort();
-                }
-            }
+/// The facts a run groups under: the store's, plus those of `OUT/corrections.json` if there.
+pub fn for_run(out: &Path, store: &Store) -> Result<Corrections> {
+    let mut book = store.corrections()?;
+    let path = out.join(CORRECTIONS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(book),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let extra: Corrections = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a corrections file", path.display()))?;
+    for (person, facts) in extra.persons {
+        let mine = book.persons.entry(person).or_default();
+        mine.faces.extend(facts.faces);
+        mine.not_faces.extend(facts.not_faces);
+        if facts.name.is_some() {
+            mine.name = facts.name;
         }
     }
-    tidy(&mut groups);
-    groups
+    Ok(book)
 }
 
-fn correct(store: &mut Store, groups: Groups, correction: Correction) -> Result<()> {
-    let corrected = apply(groups, &correction);
-    store.correct(&correction, &corrected)?;
+/// Applies `correction` to the stored grouping and facts (core's rules; it fails, recording
+/// nothing, when it names a person or face the grouping does not have).
+fn correct(out: Option<&PathBuf>, correction: &Correction) -> Result<()> {
+    let Some(out) = out else {
+        bail!("--out OUT (the folder of an earlier `facegroup run`) is required");
+    };
+    let mut store = Store::open_existing(out)?;
+    let mut groups = store.groups()?.unwrap_or_default();
+    let mut book = store.corrections()?;
+    // Core takes a merge from a person that is gone as done before (a redelivered job); here
+    // the user names the persons, so one that is not there is a mistake.
+    if let Correction::Merge { from, .. } = correction {
+        if let Some(gone) = from
+            .iter()
+            .find(|b| !groups.persons.iter().any(|p| &p.person_id == *b))
+        {
+            bail!("no person {gone} in the store (person ids are in groups.json)");
+        }
+    }
+    let next = next_person_number(&groups, &book);
+    let applied = book
+        .apply(correction, &mut groups, next)
+        .context("person ids are in groups.json, face ids in faces.jsonl")?;
+    book.label(&mut groups);
+    store.correct(&book, &applied.touched, &groups)?;
     println!(
         "recorded {correction:?}; run `facegroup export` or `facegroup run` to refresh the files"
     );
     Ok(())
 }
 
-fn open(out: Option<&PathBuf>) -> Result<Store> {
-    let Some(out) = out else {
-        bail!("--out OUT (the folder of an earlier `facegroup run`) is required");
-    };
-    Ok(Store::open_existing(out)?)
-}
-
-fn require_person(groups: &Groups, id: &str) -> Result<()> {
-    if groups.persons.iter().any(|p| p.person_id == id) {
-        Ok(())
-    } else {
-        bail!("no person {id} in the store (person ids are in groups.json)")
-    }
-}
-
-/// Removes `face` from wherever it is; whether it was found.
-fn take_face(groups: &mut Groups, face: &str) -> bool {
-    let mut found = false;
-    for p in &mut groups.persons {
-        let before = p.face_ids.len();
-        p.face_ids.retain(|f| f != face);
-        found |= p.face_ids.len() < before;
-    }
-    let before = groups.unassigned.len();
-    groups.unassigned.retain(|f| f != face);
-    found | (groups.unassigned.len() < before)
-}
-
-/// Drops persons left empty and gives one that lost its representative its first face.
-fn tidy(groups: &mut Groups) {
-    groups.persons.retain(|p| !p.face_ids.is_empty());
-    for Person {
-        face_ids,
-        representative,
-        ..
-    } in &mut groups.persons
-    {
-        if !face_ids.contains(representative) {
-            if let Some(first) = face_ids.first() {
-                *representative = first.clone();
-            }
-        }
-    }
+/// The number after every `person-N` the grouping or the facts use (a split's new person).
+fn next_person_number(groups: &Groups, book: &Corrections) -> u64 {
+    groups
+        .persons
+        .iter()
+        .map(|p| p.person_id.as_str())
+        .chain(book.persons.keys().map(String::as_str))
+        .filter_map(|id| id.strip_prefix("person-")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use facegroup_core::group::Person;
 
     #[test]
-    fn corrections_move_faces_between_persons() {
+    fn a_split_takes_the_number_after_every_known_person() {
         let groups = Groups {
             persons: vec![
-                Person::with_faces("p1", ["a", "b"]),
-                Person::with_faces("p2", ["c"]),
+                Person::with_faces("person-2", ["a"]),
+                Person::with_faces("person-7", ["b"]),
             ],
-            unassigned: vec!["d".into()],
+            unassigned: vec![],
         };
-        let merged = apply(
-            groups.clone(),
-            &Correction::Merge {
-                into: "p1".into(),
-                from: "p2".into(),
-            },
+        let mut book = Corrections::default();
+        book.persons.insert("person-9".into(), Default::default());
+        assert_eq!(next_person_number(&groups, &book), 10);
+        assert_eq!(
+            next_person_number(&Groups::default(), &Corrections::default()),
+            1
         );
-        assert_eq!(merged.persons.len(), 1);
-        assert_eq!(merged.persons[0].face_ids, ["a", "b", "c"]);
-
-        let moved = apply(
-            groups.clone(),
-            &Correction::Move {
-                face: "d".into(),
-                to: "p2".into(),
-            },
-        );
-        assert_eq!(moved.persons[1].face_ids, ["c", "d"]);
-        assert!(moved.unassigned.is_empty());
-
-        let not = apply(
-            groups.clone(),
-            &Correction::Not {
-                face: "a".into(),
-                person: "p1".into(),
-            },
-        );
-        assert_eq!(not.persons[0].face_ids, ["b"]);
-        assert_eq!(not.persons[0].representative, "b");
-        assert_eq!(not.unassigned, ["a", "d"]);
-
-        // Naming a person that is gone changes nothing.
-        let none = apply(
-            groups.clone(),
-            &Correction::Move {
-                face: "d".into(),
-                to: "p9".into(),
-            },
-        );
-        assert_eq!(none, groups);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use facegroup_core::group::{regroup, FaceInput, GroupConfig, GroupMode, Groups};
+use facegroup_core::group::{regroup, Corrections, FaceInput, GroupConfig, GroupMode, Groups};
 use facegroup_core::FaceRecord;
 
 /// The largest share of changed photos that is still grouped incrementally by default.
@@ -59,6 +59,7 @@ pub fn group(
     previous: Option<Groups>,
     stale: &HashSet<String>,
     mode: GroupMode,
+    corrections: &Corrections,
 ) -> Result<(Groups, GroupMode)> {
     let inputs: Vec<FaceInput> = faces.iter().map(FaceRecord::group_input).collect();
     let keep: HashSet<&str> = faces
@@ -67,14 +68,17 @@ pub fn group(
         .map(|f| f.face_id.as_str())
         .collect();
     let previous = previous.map(|p| prune(p, &keep));
-    regroup(
+    let constraints = corrections.constraints();
+    let (mut groups, used) = regroup(
         &inputs,
         &GroupConfig::default(),
         mode,
         previous.as_ref(),
-        None,
+        (!constraints.is_empty()).then_some(&constraints),
     )
-    .context("grouping faces")
+    .context("grouping faces")?;
+    corrections.label(&mut groups);
+    Ok((groups, used))
 }
 
 /// `groups` restricted to the faces in `keep`; persons left without faces are dropped, and one

@@ -118,9 +118,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let groups = match mode {
         Some(mode) => {
             let stale: HashSet<String> = plan.analyse.iter().map(|p| p.name.clone()).collect();
-            let (groups, used) = grouping::group(&faces, previous, &stale, mode)?;
-            let groups = corrections::apply_all(groups, &store.corrections()?);
-            Some((groups, used))
+            let book = corrections::for_run(out, &store)?;
+            Some(grouping::group(&faces, previous, &stale, mode, &book)?)
         }
         None => None,
     };

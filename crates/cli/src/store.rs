@@ -9,7 +9,9 @@
 //! - `persons` / `person_faces`: the current grouping, in the order `facegroup_core::group`
 //!   returned it, so it can be handed back as the previous grouping of the next run;
 //! - `runs`: one row per finished run (what was analysed, kept, forgotten, how it was grouped);
-//! - `corrections` / `person_names`: the user's merges, moves, not-this-person and names;
+//! - `person_facts` / `person_names`: what the user's corrections established per person
+//!   (`facegroup_core::Corrections`: confirmed faces, rejected faces, names), handed to every
+//!   grouping as constraints;
 //! - `forgotten_images` / `forgotten_faces` / `forgotten_persons`: tombstones of what the user
 //!   asked to forget ([`crate::forget`]): a photo's path, size, mtime and content hash, a
 //!   forgotten face's photo, hash and box, a person's id. They hold no face data (no crop, no
@@ -21,10 +23,10 @@
 //! of the lost batch as new and analyses them again, without duplicates (faces are keyed by
 //! face id and replaced per image).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use facegroup_core::group::{Groups, Person};
+use facegroup_core::group::{Corrections, Groups, Person};
 use facegroup_core::quality::Quality;
 use facegroup_core::FaceRecord;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -34,7 +36,8 @@ pub const DB_FILE: &str = "facegroup.db";
 
 /// Bumped whenever the tables change; a store of another version is refused, not guessed at.
 /// Version 1 stores (no tombstones, no run details) are upgraded in place.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 2 stores (a log of corrections instead of their facts) are upgraded in place too.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Store failures, each naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +129,11 @@ impl Store {
             ))
         };
         match version {
-            0 => upgrade(&format!("{SCHEMA}{SCHEMA_2}")).ctx("creating the tables")?,
-            1 => upgrade(SCHEMA_2).ctx("upgrading the store to version 2")?,
+            0 => upgrade(&format!("{SCHEMA}{SCHEMA_2}{SCHEMA_3}")).ctx("creating the tables")?,
+            1 => {
+                upgrade(&format!("{SCHEMA_2}{SCHEMA_3}")).ctx("upgrading the store to version 3")?
+            }
+            2 => upgrade(SCHEMA_3).ctx("upgrading the store to version 3")?,
             SCHEMA_VERSION => {}
             found => {
                 return Err(StoreError::Version {
@@ -303,19 +309,28 @@ impl Store {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT person_id, representative FROM persons ORDER BY rank")
+            .prepare(
+                "SELECT p.person_id, p.representative, n.name FROM persons p \
+                 LEFT JOIN person_names n ON n.person_id = p.person_id ORDER BY p.rank",
+            )
             .ctx("reading persons")?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
             .ctx("reading persons")?;
         let mut persons = Vec::new();
         for row in rows {
-            let (person_id, representative) = row.ctx("reading persons")?;
+            let (person_id, representative, name) = row.ctx("reading persons")?;
             persons.push(Person {
                 face_ids: members.remove(&person_id).unwrap_or_default(),
                 person_id,
                 representative,
-                name: None,
+                name,
             });
         }
         let mut stmt = self
@@ -365,25 +380,54 @@ impl Store {
 }
 
 impl Store {
-    /// Records a correction and replaces the grouping by `groups` (the stored one with the
-    /// correction applied), in one transaction.
-    pub fn correct(&mut self, correction: &Correction, groups: &Groups) -> Result<()> {
+    /// Stores the facts of the persons in `touched` as `book` holds them and replaces the
+    /// grouping by `groups` (the stored one with the correction applied), in one transaction.
+    pub fn correct(
+        &mut self,
+        book: &Corrections,
+        touched: &BTreeSet<String>,
+        groups: &Groups,
+    ) -> Result<()> {
         let tx = self.conn.transaction().ctx("starting a transaction")?;
-        let (kind, subject, target) = correction.columns();
-        tx.execute(
-            "INSERT INTO corrections (kind, subject, target) VALUES (?1, ?2, ?3)",
-            params![kind, subject, target],
-        )
-        .ctx("recording a correction")?;
+        for person in touched {
+            tx.execute("DELETE FROM person_facts WHERE person_id = ?1", [person])
+                .ctx("recording a correction")?;
+            tx.execute("DELETE FROM person_names WHERE person_id = ?1", [person])
+                .ctx("recording a correction")?;
+            let Some(facts) = book.persons.get(person) else {
+                continue;
+            };
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO person_facts (person_id, face_id, kind) VALUES (?1, ?2, ?3)",
+                )
+                .ctx("recording a correction")?;
+            for (faces, kind) in [(&facts.faces, "face"), (&facts.not_faces, "not")] {
+                for face in faces {
+                    insert
+                        .execute(params![person, face, kind])
+                        .ctx("recording a correction")?;
+                }
+            }
+            if let Some(name) = &facts.name {
+                tx.execute(
+                    "INSERT INTO person_names (person_id, name) VALUES (?1, ?2)",
+                    params![person, name],
+                )
+                .ctx("recording a correction")?;
+            }
+        }
         replace_groups(&tx, groups)?;
         tx.commit().ctx("committing a correction")
     }
 
-    /// Every recorded correction, oldest first.
-    pub fn corrections(&self) -> Result<Vec<Correction>> {
+    /// What the user's corrections established: every person's confirmed and rejected faces
+    /// and its name.
+    pub fn corrections(&self) -> Result<Corrections> {
+        let mut book = Corrections::default();
         let mut stmt = self
             .conn
-            .prepare("SELECT kind, subject, target FROM corrections ORDER BY id")
+            .prepare("SELECT person_id, face_id, kind FROM person_facts ORDER BY person_id")
             .ctx("reading corrections")?;
         let rows = stmt
             .query_map([], |r| {
@@ -394,43 +438,20 @@ impl Store {
                 ))
             })
             .ctx("reading corrections")?;
-        let mut out = Vec::new();
         for row in rows {
-            let (kind, subject, target) = row.ctx("reading corrections")?;
-            out.push(match kind.as_str() {
-                "merge" => Correction::Merge {
-                    into: subject,
-                    from: target,
-                },
-                "move" => Correction::Move {
-                    face: subject,
-                    to: target,
-                },
-                "not" => Correction::Not {
-                    face: subject,
-                    person: target,
-                },
-                other => {
-                    return Err(StoreError::Corrupt {
-                        what: "correction",
-                        detail: format!("unknown kind {other:?}"),
-                    })
-                }
-            });
+            let (person, face, kind) = row.ctx("reading corrections")?;
+            let facts = book.persons.entry(person).or_default();
+            match kind.as_str() {
+                "face" => facts.faces.insert(face),
+                _ => facts.not_faces.insert(face),
+            };
         }
-        Ok(out)
-    }
-
-    /// Names a person (names are kept by person id, so they survive regrouping).
-    pub fn name_person(&mut self, person: &str, name: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO person_names (person_id, name) VALUES (?1, ?2) \
-                 ON CONFLICT(person_id) DO UPDATE SET name = excluded.name",
-                params![person, name],
-            )
-            .ctx("naming a person")?;
-        Ok(())
+        for (person, name) in self.person_names()? {
+            if let Some(facts) = book.persons.get_mut(&person) {
+                facts.name = Some(name);
+            }
+        }
+        Ok(book)
     }
 
     /// person id -> name.
@@ -615,11 +636,8 @@ impl Store {
                 delete_face(&tx, &face.face_id)?;
             }
         }
-        tx.execute(
-            "DELETE FROM corrections WHERE subject = ?1 OR target = ?1",
-            [person],
-        )
-        .ctx("forgetting corrections")?;
+        tx.execute("DELETE FROM person_facts WHERE person_id = ?1", [person])
+            .ctx("forgetting corrections")?;
         tx.execute("DELETE FROM person_names WHERE person_id = ?1", [person])
             .ctx("forgetting a name")?;
         tx.execute(
@@ -690,37 +708,13 @@ fn faces_where(tx: &Transaction<'_>, condition: &str, param: &str) -> Result<Vec
 
 /// Deletes a face row with its grouping membership and the corrections naming it.
 fn delete_face(tx: &Transaction<'_>, face_id: &str) -> Result<()> {
-    tx.execute(
-        "DELETE FROM corrections WHERE subject = ?1 OR target = ?1",
-        [face_id],
-    )
-    .ctx("forgetting corrections")?;
+    tx.execute("DELETE FROM person_facts WHERE face_id = ?1", [face_id])
+        .ctx("forgetting corrections")?;
     tx.execute("DELETE FROM person_faces WHERE face_id = ?1", [face_id])
         .ctx("forgetting a face")?;
     tx.execute("DELETE FROM faces WHERE face_id = ?1", [face_id])
         .ctx("forgetting a face")?;
     Ok(())
-}
-
-/// A user's correction of the grouping (see [`crate::corrections`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Correction {
-    /// Person `from` is the same as person `into`.
-    Merge { into: String, from: String },
-    /// Face `face` belongs to person `to`.
-    Move { face: String, to: String },
-    /// Face `face` is not person `person`.
-    Not { face: String, person: String },
-}
-
-impl Correction {
-    fn columns(&self) -> (&'static str, &str, &str) {
-        match self {
-            Correction::Merge { into, from } => ("merge", into, from),
-            Correction::Move { face, to } => ("move", face, to),
-            Correction::Not { face, person } => ("not", face, person),
-        }
-    }
 }
 
 fn replace_groups(tx: &Transaction<'_>, groups: &Groups) -> Result<()> {
@@ -854,6 +848,29 @@ ALTER TABLE runs ADD COLUMN detector TEXT;
 ALTER TABLE runs ADD COLUMN embedder TEXT;
 ALTER TABLE runs ADD COLUMN model_version TEXT;
 ALTER TABLE runs ADD COLUMN seconds REAL;
+";
+
+/// Version 3: the facts of the corrections instead of their log. A version 2 log converts
+/// without loss of meaning, because the stored grouping already has every logged correction
+/// applied: a not-this-person becomes a rejected face, and every person a correction named
+/// (merged into, moved to, rejected from, named) is anchored with its current faces.
+const SCHEMA_3: &str = "
+CREATE TABLE person_facts (
+    person_id TEXT NOT NULL,
+    face_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('face', 'not')),
+    PRIMARY KEY (person_id, face_id, kind)
+);
+CREATE INDEX person_facts_by_face ON person_facts(face_id);
+INSERT OR IGNORE INTO person_facts (person_id, face_id, kind)
+    SELECT target, subject, 'not' FROM corrections WHERE kind = 'not';
+INSERT OR IGNORE INTO person_facts (person_id, face_id, kind)
+    SELECT person_id, face_id, 'face' FROM person_faces WHERE person_id IN (
+        SELECT target FROM corrections WHERE kind = 'move'
+        UNION SELECT subject FROM corrections WHERE kind = 'merge'
+        UNION SELECT target FROM corrections WHERE kind = 'not'
+        UNION SELECT person_id FROM person_names);
+DROP TABLE corrections;
 ";
 
 /// Writes one analysed photo; returns the `(photo, index)` of the faces left out as forgotten.
@@ -1056,6 +1073,37 @@ mod tests {
         drop(store);
         // Opening again leaves it as it is.
         assert!(Store::open(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_version_2_log_of_corrections_becomes_their_facts() {
+        let dir = facegroup_testkit::TempDir::new("store-v2");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(&format!("{SCHEMA}{SCHEMA_2}"))
+                .expect("version 2 tables");
+            // The stored grouping already has the logged corrections applied.
+            conn.execute_batch(
+                "INSERT INTO persons VALUES ('person-1', 0, 'a'), ('person-2', 1, 'c'), \
+                   ('person-3', 2, 'e');
+                 INSERT INTO person_faces VALUES ('a', 'person-1'), ('b', 'person-1'), \
+                   ('c', 'person-2'), ('e', 'person-3');
+                 INSERT INTO corrections (kind, subject, target) VALUES \
+                   ('merge', 'person-1', 'person-9'), ('not', 'd', 'person-2');
+                 INSERT INTO person_names VALUES ('person-3', 'Ana');
+                 PRAGMA user_version = 2;",
+            )
+            .expect("a version 2 store");
+        }
+        let store = Store::open(dir.path()).expect("upgraded");
+        let book = store.corrections().expect("facts");
+        let faces = |p: &str| book.persons[p].faces.iter().cloned().collect::<Vec<_>>();
+        assert_eq!(faces("person-1"), ["a", "b"], "merged into: anchored");
+        assert_eq!(faces("person-2"), ["c"], "rejected from: anchored");
+        assert!(book.persons["person-2"].not_faces.contains("d"));
+        assert_eq!(faces("person-3"), ["e"], "named: anchored");
+        assert_eq!(book.persons["person-3"].name.as_deref(), Some("Ana"));
+        assert_eq!(book.persons.len(), 3);
     }
 
     #[test]

@@ -394,6 +394,19 @@ fn corrections_are_stored_and_honoured_by_later_runs() {
         "name shown in the report"
     );
 
+    // Facts from OUT/corrections.json join the stored ones: obama2 is not the person either.
+    let obama2 = "obama2.jpg:scrfd_500m_bnkps+w600k_mbf:0";
+    std::fs::write(
+        out.path().join("corrections.json"),
+        serde_json::json!({"persons": {&person: {"not_faces": [obama2]}}}).to_string(),
+    )
+    .expect("write corrections.json");
+    run_ok(photos.path(), out.path(), &["--group-mode", "full"]);
+    let g = groups();
+    let faces = g["persons"][0]["face_ids"].to_string();
+    assert!(!faces.contains(obama2) && faces.contains(biden), "{g}");
+    assert_eq!(g["persons"][0]["name"], "Barack");
+
     // Unknown persons are refused, not recorded.
     let output = Command::new(env!("CARGO_BIN_EXE_facegroup"))
         .args([
@@ -485,7 +498,7 @@ fn forget_removes_a_photo_and_a_person_everywhere_and_runs_do_not_bring_them_bac
         "persons",
         "person_faces",
         "person_names",
-        "corrections",
+        "person_facts",
     ] {
         assert_eq!(
             count(&format!("SELECT count(*) FROM {table}")),
