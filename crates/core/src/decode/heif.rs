@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, RgbImage};
-use libheif_rs::{ColorSpace, HeifContext, ImageHandle, LibHeif, RgbChroma};
+use libheif_rs::{ColorSpace, HeifContext, HeifErrorCode, ImageHandle, LibHeif, RgbChroma};
 
 use super::{check_pixels, DecodeOptions};
 use crate::error::DecodeError;
@@ -27,8 +27,16 @@ fn lib() -> &'static LibHeif {
 
 /// Decodes the primary image of a HEIF/AVIF file into upright RGB8.
 pub(super) fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, DecodeError> {
+    // Every libheif error is the file's (bad input, permanent): a codec or feature libheif
+    // lacks is "unsupported", anything else (including its own security limits) "corrupt".
     let corrupt = |what: &str, e: libheif_rs::HeifError| {
-        DecodeError::Corrupt(format!("HEIF {what}: {}", e.message))
+        let msg = format!("HEIF {what}: {:?}: {}", e.code, e.message);
+        match e.code {
+            HeifErrorCode::UnsupportedFileType | HeifErrorCode::UnsupportedFeature => {
+                DecodeError::Unsupported(msg)
+            }
+            _ => DecodeError::Corrupt(msg),
+        }
     };
     let ctx = HeifContext::read_from_bytes(bytes).map_err(|e| corrupt("container", e))?;
     let handle = ctx
