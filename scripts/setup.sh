@@ -6,7 +6,9 @@
 #   - the unbatched copy of the test detector used by the layout test;
 #   - FAISS (C API) for grouping, when scripts/install-faiss.sh exists;
 #   - moto[server] and SecantusDB for the worker integration tests;
-#   - Debian's chromium, which the CLI's report test runs headless.
+#   - Debian's chromium, which the CLI's report test runs headless;
+#   - Debian's libheif-dev (HEIC/HEIF/AVIF decoding, facegroup-core's default `heif` feature)
+#     and libheif-examples (heif-enc, which the HEIC tests encode sample photos with).
 # Writes .cache/env.sh with the environment the other scripts source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,16 @@ if ! command -v chromium >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+
+# libheif for HEIC/HEIF/AVIF (facegroup-core's `heif` feature links it; bookworm has 1.15, see
+# crates/core/Cargo.toml) and heif-enc for the tests that make HEIC/AVIF photos.
+if ! pkg-config --exists libheif 2>/dev/null || ! command -v heif-enc >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        pkg-config libheif-dev libheif-examples
 fi
 
 mkdir -p .cache

@@ -66,6 +66,15 @@ def check_resolution() -> None:
     expect("detection writes faces/ and thumbnails/ only",
            det["WriteResultsAndThumbnails"]["Resource"]
            == [f"arn:aws:s3:::{BUCKET}/faces/*", f"arn:aws:s3:::{BUCKET}/thumbnails/*"])
+    expect("detection lists and erases thumbnails/ only for its own erasures",
+           det["ListThumbnailsPrefix"]["Condition"] == {"StringLike": {"s3:prefix": "thumbnails/*"}}
+           and det["EraseOwnResults"]["Resource"]
+           == [f"arn:aws:s3:::{BUCKET}/faces/*", f"arn:aws:s3:::{BUCKET}/thumbnails/*"])
+    grp_plain = statements(plain["GroupingJobRole"])
+    expect("grouping lists and deletes thumbnails/ (deletions), never writes them",
+           grp_plain["ListThumbnailsPrefix"]["Condition"] == {"StringLike": {"s3:prefix": "thumbnails/*"}}
+           and grp_plain["DeleteThumbnails"]["Action"] == "s3:DeleteObject"
+           and grp_plain["DeleteThumbnails"]["Resource"] == f"arn:aws:s3:::{BUCKET}/thumbnails/*")
     expect("detection sends to the grouping queue",
            det["EnqueueGrouping"]["Resource"] == "arn:aws:sqs:us-east-1:123456789012:facegroup-grouping")
     expect("no key policy without KmsKeyArn", "use-stack-key" not in plain["DetectionJobRole"])
@@ -178,6 +187,7 @@ def run_moto_checks(url: str) -> None:
     case("det PutObject thumbnails/", lambda: det_s3.put_object(Bucket=BUCKET, Key="thumbnails/g/i.jpg", Body=b"x"), "allowed")
     case("det PutObject groups/ (outside)", lambda: det_s3.put_object(Bucket=BUCKET, Key="groups/g/x.json", Body=b"{}"), "denied")
     case("det DeleteObject faces/ (erasing its own result)", lambda: det_s3.delete_object(Bucket=BUCKET, Key="faces/g/i.json"), "allowed")
+    case("det DeleteObject thumbnails/ (erasing its own)", lambda: det_s3.delete_object(Bucket=BUCKET, Key="thumbnails/g/i.jpg"), "allowed")
     case("det DeleteObject photos/ (not granted)", lambda: det_s3.delete_object(Bucket=BUCKET, Key="photos/a.jpg"), "denied")
     case("det ListObjectsV2 groups/: moto ignores the s3:prefix condition",
          lambda: det_s3.list_objects_v2(Bucket=BUCKET, Prefix="groups/"), "allowed")
@@ -187,6 +197,8 @@ def run_moto_checks(url: str) -> None:
     case("grp PutObject faces/ (deletion rewrites)", lambda: grp_s3.put_object(Bucket=BUCKET, Key="faces/g/x.json", Body=b"{}"), "allowed")
     case("grp PutObject thumbnails/ (outside)", lambda: grp_s3.put_object(Bucket=BUCKET, Key="thumbnails/g/x.jpg", Body=b"x"), "denied")
     case("grp DeleteObject groups/ and faces/", lambda: [grp_s3.delete_object(Bucket=BUCKET, Key=k) for k in ("groups/g/r.json", "faces/g/x.json")], "allowed")
+    case("grp DeleteObject thumbnails/ (deletion jobs)", lambda: grp_s3.delete_object(Bucket=BUCKET, Key="thumbnails/g/x.jpg"), "allowed")
+    case("grp ListObjectsV2 thumbnails/", lambda: grp_s3.list_objects_v2(Bucket=BUCKET, Prefix="thumbnails/g/"), "allowed")
     case("grp DeleteObject photos/ (not granted)", lambda: grp_s3.delete_object(Bucket=BUCKET, Key="photos/a.jpg"), "denied")
     case("GetObject of a missing key without ListBucket: moto says 404 (AWS: 403)",
          lambda: client("s3", keys["get-only"]).get_object(Bucket=BUCKET, Key="photos/none.jpg"), "404 NoSuchKey")

@@ -141,8 +141,9 @@ impl Engine {
     }
 }
 
-/// Image files under `dir`, recursively, sorted by path: `.jpg`, `.jpeg`, `.png`, `.webp` in
-/// any letter case. Unreadable sub-folders are logged and skipped; an unreadable `dir` is an
+/// Image files under `dir`, recursively, sorted by path: `.jpg`, `.jpeg`, `.png`, `.webp`,
+/// `.heic`, `.heif`, `.avif` in any letter case (the decoder then goes by content, so a HEIC
+/// named `.jpg` decodes too). Unreadable sub-folders are logged and skipped; an unreadable `dir` is an
 /// error.
 pub fn find_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
@@ -162,7 +163,7 @@ pub fn relative_name(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "heic", "heif", "avif"];
 
 fn walk(entries: std::fs::ReadDir, found: &mut Vec<PathBuf>) {
     for entry in entries {

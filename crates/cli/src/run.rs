@@ -27,7 +27,7 @@ use facegroup_core::GroupMode;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Folder of photos, searched recursively for .jpg, .jpeg, .png and .webp files.
+    /// Folder of photos, searched recursively for .jpg, .jpeg, .png, .webp, .heic, .heif and .avif files.
     pub photos_dir: PathBuf,
     /// Output folder: the store facegroup.db, crops, exports and report (created if missing).
     #[arg(long, short, env = "FACEGROUP_OUT")]
@@ -63,7 +63,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
     let paths = find_images(&args.photos_dir)?;
     if paths.is_empty() {
-        tracing::warn!(dir = %args.photos_dir.display(), "no .jpg/.jpeg/.png/.webp files found");
+        tracing::warn!(dir = %args.photos_dir.display(), "no .jpg/.jpeg/.png/.webp/.heic/.heif/.avif files found");
     }
     let out = &args.out;
     std::fs::create_dir_all(out.join(output::CROPS_DIR))

@@ -91,6 +91,32 @@ fn run_writes_faces_images_crops_and_report() {
     );
 }
 
+/// The walker picks up `.heic`/`.avif` photos (made from the sample JPEGs by heif-enc) and
+/// the run analyses them like JPEGs.
+#[test]
+fn run_analyses_heic_and_avif_photos() {
+    let photos = TempDir::new("heif-photos");
+    facegroup_testkit::heif_enc(
+        &image_bytes("obama.jpg"),
+        &photos.path().join("obama.heic"),
+        &[],
+    );
+    facegroup_testkit::heif_enc(
+        &image_bytes("biden.jpg"),
+        &photos.path().join("biden.AVIF"),
+        &["-A"],
+    );
+    let out = TempDir::new("heif-out");
+    run_ok(photos.path(), out.path(), &[]);
+    let images = read_jsonl(&out.path().join("images.jsonl"));
+    let names: Vec<&str> = images.iter().filter_map(|i| i["image"].as_str()).collect();
+    assert_eq!(names, ["biden.AVIF", "obama.heic"]);
+    for image in &images {
+        assert_eq!(image["status"], "ok", "{image}");
+        assert_eq!(image["faces"], 1, "{image}");
+    }
+}
+
 #[test]
 fn run_groups_persons_and_keeps_their_ids_when_photos_are_added() {
     let photos = TempDir::new("group-photos");

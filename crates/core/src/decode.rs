@@ -1,7 +1,12 @@
-//! Image decoding: JPEG, PNG and WebP into RGB8 with the EXIF orientation applied.
+//! Image decoding: JPEG, PNG, WebP and (feature `heif`, libheif) HEIC/HEIF/AVIF into RGB8,
+//! upright.
 //!
-//! Guards against decompression bombs by reading the header first and refusing images whose
-//! pixel count is over [`DecodeOptions::max_pixels`] before any pixel buffer is allocated.
+//! The format comes from the content, never from a file name: uploads and photo folders are
+//! full of `.jpg` files that are really HEIC (phones "convert" by renaming). JPEG/PNG/WebP get
+//! their EXIF orientation applied; HEIF files get their own transforms, see `heif` for the
+//! rule that keeps orientation from being lost or applied twice. Guards against decompression
+//! bombs by reading the header first and refusing images whose pixel count is over
+//! [`DecodeOptions::max_pixels`] before any pixel buffer is allocated.
 
 use std::io::Cursor;
 
@@ -9,6 +14,9 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Rg
 use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
+
+#[cfg(feature = "heif")]
+mod heif;
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -41,6 +49,9 @@ pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, Deco
             size: bytes.len(),
             max: opts.max_bytes,
         });
+    }
+    if let Some(brand) = heif_brand(bytes) {
+        return decode_heif(bytes, opts, brand);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -83,6 +94,47 @@ pub fn decode_image(bytes: &[u8], opts: &DecodeOptions) -> Result<RgbImage, Deco
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// HEIF brands (ISO/IEC 23008-12 HEVC images and sequences, MIAF, AVIF) that mark a file as
+/// one libheif decodes.
+const HEIF_BRANDS: [&[u8; 4]; 12] = [
+    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1",
+    b"avif", b"avis",
+];
+
+/// The first HEIF brand of the file's leading `ftyp` box (major brand, then the compatible
+/// ones), or `None` when it is not a HEIF file.
+pub fn heif_brand(bytes: &[u8]) -> Option<[u8; 4]> {
+    if bytes.get(4..8)? != b"ftyp" {
+        return None;
+    }
+    let size = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let ftyp = bytes.get(8..size.clamp(8, bytes.len()))?;
+    // Major brand, minor version (skipped), compatible brands.
+    let major = ftyp.get(..4).into_iter();
+    let compatible = ftyp.get(8..).unwrap_or_default().chunks_exact(4);
+    major
+        .chain(compatible)
+        .filter_map(|b| <[u8; 4]>::try_from(b).ok())
+        .find(|b| HEIF_BRANDS.contains(&b))
+}
+
+#[cfg(feature = "heif")]
+fn decode_heif(
+    bytes: &[u8],
+    opts: &DecodeOptions,
+    _brand: [u8; 4],
+) -> Result<RgbImage, DecodeError> {
+    heif::decode(bytes, opts)
+}
+
+#[cfg(not(feature = "heif"))]
+fn decode_heif(_: &[u8], _: &DecodeOptions, brand: [u8; 4]) -> Result<RgbImage, DecodeError> {
+    Err(DecodeError::Unsupported(format!(
+        "HEIF/AVIF (brand {}): facegroup-core was built without the `heif` feature",
+        String::from_utf8_lossy(&brand)
+    )))
 }
 
 fn check_pixels(width: u32, height: u32, opts: &DecodeOptions) -> Result<(), DecodeError> {
@@ -155,6 +207,38 @@ mod tests {
             decode_image(&[0xFF, 0xD8, 0xFF, 0xE0, 0], &opts),
             Err(DecodeError::TooManyBytes { size: 5, max: 4 })
         ));
+    }
+
+    #[test]
+    fn heif_is_recognised_by_its_ftyp_brands() {
+        let ftyp = |major: &[u8; 4], compat: &[&[u8; 4]]| {
+            let mut b = ((16 + 4 * compat.len()) as u32).to_be_bytes().to_vec();
+            b.extend_from_slice(b"ftyp");
+            b.extend_from_slice(major);
+            b.extend_from_slice(&[0; 4]);
+            compat.iter().for_each(|c| b.extend_from_slice(*c));
+            b.extend_from_slice(&[0; 8]);
+            b
+        };
+        assert_eq!(heif_brand(&ftyp(b"heic", &[b"mif1"])), Some(*b"heic"));
+        assert_eq!(heif_brand(&ftyp(b"avif", &[])), Some(*b"avif"));
+        // A generic major brand with HEIF among the compatible ones (as some cameras write).
+        assert_eq!(
+            heif_brand(&ftyp(b"xxxx", &[b"isom", b"mif1"])),
+            Some(*b"mif1")
+        );
+        // MP4 video is not a photo.
+        assert_eq!(heif_brand(&ftyp(b"isom", &[b"mp41"])), None);
+        assert_eq!(heif_brand(b"\xFF\xD8\xFF\xE0"), None);
+        // A HEIF header without the image data is an error, not a panic.
+        let err = decode_image(&ftyp(b"heic", &[b"mif1"]), &DecodeOptions::default());
+        assert!(
+            matches!(
+                err,
+                Err(DecodeError::Corrupt(_) | DecodeError::Unsupported(_))
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The pipeline is: [`decode`] (EXIF orientation applied, pixel limit) -> [`detect`] (SCRFD through
 //! ONNX Runtime) -> [`align`] (similarity transform to the ArcFace 112x112 template) -> [`embed`]
 //! (ArcFace, L2-normalised 512-d) -> [`quality`] (sharpness, illumination, occlusion, pose, size,
-//! detector score). [`Pipeline`] wires them together; each model role is a small trait so other
+//! detector score); [`thumbnail`] makes each face's JPEG thumbnails. [`Pipeline`] wires them together; each model role is a small trait so other
 //! detectors or embedders can be swapped in; [`PipelinePool`] shares pipelines between threads.
 //!
 //! The contracts every front end shares live here, once: face ids and the model version
@@ -26,6 +26,7 @@ pub mod pool;
 pub mod quality;
 pub mod record;
 pub mod runtime;
+pub mod thumbnail;
 
 pub use decode::{decode_image, DecodeOptions};
 pub use detect::{BBox, DetectMode, Detection, DetectorConfig, FaceDetector, Scrfd};
@@ -40,6 +41,7 @@ pub use pool::PipelinePool;
 pub use quality::{Quality, QualityConfig, QualityReason};
 pub use record::{face_id, model_version, FaceRecord};
 pub use runtime::{ExecutionProvider, RuntimeConfig};
+pub use thumbnail::{face_thumbnails, Thumbnails};
 
 /// Re-exported so callers need not depend on `image` for the pixel type.
 pub use image::RgbImage;

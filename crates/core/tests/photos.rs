@@ -1,9 +1,11 @@
-//! The pipeline on real photos: face counts, identity similarity, EXIF rotation, bad input and
-//! quality measures that must move the right way.
+//! The pipeline on real photos: face counts, identity similarity, EXIF rotation, HEIC/AVIF
+//! (made from the sample JPEGs at test time with Debian's `heif-enc`), bad input and quality
+//! measures that must move the right way.
 
 mod common;
 
 use std::io::Cursor;
+use std::path::Path;
 
 use facegroup_core::{
     decode_image, DecodeError, DecodeOptions, Error, ExecutionProvider, FaceDetector, ModelError,
@@ -126,6 +128,161 @@ fn exif_rotated_photo_is_turned_upright() {
         best < 0.98,
         "sideways copy should not embed like the upright face ({best})"
     );
+}
+
+fn has_box(bytes: &[u8], kind: &[u8; 4]) -> bool {
+    bytes.windows(4).any(|w| w == kind)
+}
+
+#[test]
+fn heic_and_avif_photos_give_the_same_face_as_the_jpeg() {
+    let dir = facegroup_testkit::TempDir::new("heif");
+    let jpeg = common::image_bytes("obama.jpg");
+    let opts = DecodeOptions::default();
+    let upright = decode_image(&jpeg, &opts).expect("decode jpeg");
+    let mut p = common::pipeline();
+    let original = p.analyze(&upright).expect("analyze jpeg");
+    assert_eq!(original.len(), 1);
+    for (name, args, brand) in [
+        ("obama.heic", &[][..], *b"heic"),
+        ("obama.avif", &["-A"][..], *b"avif"),
+    ] {
+        let bytes = facegroup_testkit::heif_enc(&jpeg, &dir.path().join(name), args);
+        // Told apart by content (ftyp brands), not by the name.
+        assert_eq!(facegroup_core::decode::heif_brand(&bytes), Some(brand));
+        let decoded = decode_image(&bytes, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(decoded.dimensions(), upright.dimensions(), "{name}");
+        let (_, faces) = p.analyze_bytes(&bytes).expect("analyze heif");
+        assert_eq!(faces.len(), 1, "{name}");
+        let c = common::cos(&faces[0].embedding, &original[0].embedding);
+        assert!(c >= 0.98, "{name}: cosine {c} against the JPEG's face");
+    }
+    // The pixel limit is checked from the HEIF header too.
+    let heic = std::fs::read(dir.path().join("obama.heic")).expect("heic");
+    let small = DecodeOptions {
+        max_pixels: 1000,
+        ..opts
+    };
+    match decode_image(&heic, &small) {
+        Err(DecodeError::TooLarge { width, height, .. }) => {
+            assert_eq!((width, height), upright.dimensions())
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // A cut-off HEIC is a clear error, not a panic.
+    let cut = &heic[..heic.len() / 2];
+    assert!(matches!(
+        decode_image(cut, &opts),
+        Err(DecodeError::Corrupt(_))
+    ));
+}
+
+/// Both ways a HEIF file says "turn me": libheif's own transform (`irot`, with the camera's
+/// EXIF orientation left in the file, as iPhones write it) and, in a file without transforms,
+/// only the EXIF tag (what heif-enc 1.15 makes of a rotated JPEG). Each is turned upright
+/// exactly once: applied twice the photo would come out sideways (swapped dimensions).
+#[test]
+fn rotated_heic_is_turned_upright_once() {
+    let dir = facegroup_testkit::TempDir::new("heif-rot");
+    let opts = DecodeOptions::default();
+    let upright = decode_image(&common::image_bytes("obama.jpg"), &opts).expect("decode");
+    // Orientation 6: the stored pixels are the upright photo turned 90 degrees counter-clockwise.
+    let stored = image::imageops::rotate270(&upright);
+    let mut p = common::pipeline();
+    let original = p.analyze(&upright).expect("analyze upright");
+
+    let exif_only = facegroup_testkit::heif_enc(
+        &with_exif_orientation(&encode_jpeg(&stored), 6),
+        &dir.path().join("exif-only.heic"),
+        &[],
+    );
+    assert!(!has_box(&exif_only, b"irot"), "heif-enc wrote a transform");
+    let irot = encode_heic_with_irot(dir.path(), &stored);
+    assert!(has_box(&irot, b"irot"));
+
+    for (name, bytes) in [("exif-only", &exif_only), ("irot+exif", &irot)] {
+        let decoded = decode_image(bytes, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(decoded.dimensions(), upright.dimensions(), "{name}");
+        let faces = p.analyze(&decoded).expect("analyze");
+        assert_eq!(faces.len(), 1, "{name}");
+        let c = common::cos(&faces[0].embedding, &original[0].embedding);
+        assert!(c >= 0.98, "{name}: cosine {c} against the upright face");
+    }
+}
+
+/// Encodes `stored` as HEIC through libheif's C API with `irot` saying "rotate 90 degrees
+/// clockwise to display" and an EXIF block saying the same (orientation 6).
+fn encode_heic_with_irot(dir: &Path, stored: &RgbImage) -> Vec<u8> {
+    use libheif_sys as lh;
+    fn ok(e: lh::heif_error, what: &str) {
+        assert_eq!(e.code, lh::heif_error_code_heif_error_Ok, "{what}");
+    }
+    let (w, h) = stored.dimensions();
+    let path = dir.join("irot.heic");
+    let exif = exif_tiff(6);
+    // SAFETY: every pointer comes from libheif and is checked before use; the plane is written
+    // within its stride x height; everything allocated is released below.
+    unsafe {
+        let ctx = lh::heif_context_alloc();
+        assert!(!ctx.is_null());
+        let mut enc = std::ptr::null_mut();
+        ok(
+            lh::heif_context_get_encoder_for_format(
+                ctx,
+                lh::heif_compression_format_heif_compression_HEVC,
+                &mut enc,
+            ),
+            "HEVC encoder",
+        );
+        ok(lh::heif_encoder_set_lossy_quality(enc, 90), "quality");
+        let mut img = std::ptr::null_mut();
+        ok(
+            lh::heif_image_create(
+                w as i32,
+                h as i32,
+                lh::heif_colorspace_heif_colorspace_RGB,
+                lh::heif_chroma_heif_chroma_interleaved_RGB,
+                &mut img,
+            ),
+            "image",
+        );
+        let channel = lh::heif_channel_heif_channel_interleaved;
+        ok(
+            lh::heif_image_add_plane(img, channel, w as i32, h as i32, 8),
+            "plane",
+        );
+        let mut stride = 0;
+        let plane = lh::heif_image_get_plane(img, channel, &mut stride);
+        assert!(!plane.is_null());
+        for (y, row) in stored.as_raw().chunks_exact(w as usize * 3).enumerate() {
+            let dst = plane.add(y * stride as usize);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, row.len());
+        }
+        let options = lh::heif_encoding_options_alloc();
+        (*options).image_orientation = lh::heif_orientation_heif_orientation_rotate_90_cw;
+        let mut handle = std::ptr::null_mut();
+        ok(
+            lh::heif_context_encode_image(ctx, img, enc, options, &mut handle),
+            "encode",
+        );
+        ok(
+            lh::heif_context_add_exif_metadata(
+                ctx,
+                handle,
+                exif.as_ptr().cast(),
+                exif.len() as i32,
+            ),
+            "exif",
+        );
+        let cpath = std::ffi::CString::new(path.to_str().expect("utf-8 path")).expect("path");
+        ok(lh::heif_context_write_to_file(ctx, cpath.as_ptr()), "write");
+        lh::heif_image_handle_release(handle);
+        lh::heif_encoding_options_free(options);
+        lh::heif_image_release(img);
+        lh::heif_encoder_release(enc);
+        lh::heif_context_free(ctx);
+    }
+    std::fs::read(&path).expect("read irot.heic")
 }
 
 #[test]
@@ -265,6 +422,18 @@ fn encode_jpeg(img: &RgbImage) -> Vec<u8> {
 
 /// Inserts a minimal EXIF APP1 segment holding only the Orientation tag after the SOI marker.
 fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&exif_tiff(orientation));
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A TIFF (EXIF) block holding only the Orientation tag.
+fn exif_tiff(orientation: u16) -> Vec<u8> {
     let mut tiff = Vec::new();
     tiff.extend_from_slice(b"MM\0\x2a\0\0\0\x08"); // big-endian, IFD at offset 8
     tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
@@ -274,14 +443,7 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     tiff.extend_from_slice(&orientation.to_be_bytes());
     tiff.extend_from_slice(&[0, 0]);
     tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
-    let mut payload = b"Exif\0\0".to_vec();
-    payload.extend_from_slice(&tiff);
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&jpeg[2..]);
-    out
+    tiff
 }
 
 /// A PNG signature and IHDR chunk claiming `w x h` RGB pixels, with no image data.

@@ -1,6 +1,8 @@
-//! One detection job: status pending -> read image (size-limited) -> pipeline -> faces upserted
-//! -> faces JSON to S3 -> face count set on the gallery's grouping trigger (maybe a grouping job)
-//! -> status done. Every step is idempotent and the status is written last, so a redelivered
+//! One detection job: status pending -> read image (size-limited) -> pipeline (and each face's
+//! JPEG thumbnails) -> thumbnails to S3 -> faces upserted (naming their thumbnails) -> faces
+//! JSON to S3 -> face count set on the gallery's grouping trigger (maybe a grouping job) ->
+//! status done. The thumbnails are written before the faces, so a stored face never names a
+//! missing thumbnail. Every step is idempotent and the status is written last, so a redelivered
 //! message (after a crash or a lost delete) rewrites the same documents and completes what the
 //! crashed attempt left; a duplicate of a finished image is acknowledged without redoing it.
 //!
@@ -18,11 +20,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use facegroup_core::{Error as CoreError, Face, FaceRecord, GroupMode, ModelError, PipelinePool};
-use facegroup_worker::erase::{erase_image, result_key};
-use facegroup_worker::fault;
+use facegroup_core::{
+    face_thumbnails, Error as CoreError, Face, FaceRecord, GroupMode, ModelError, PipelinePool,
+    Thumbnails,
+};
+use facegroup_worker::erase::{erase_image, result_key, Prefixes};
 use facegroup_worker::jobs::{self, DetectionJob, GroupingJob};
 use facegroup_worker::mongo::{image_key, Begin, ImageRef};
+use facegroup_worker::{fault, thumbs};
 use facegroup_worker::{Handler, JobError, JobReport, Message, Services};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -36,6 +41,8 @@ pub struct DetectionHandler {
     /// How long a sent grouping job counts as pending before a later detection re-sends it.
     pub grouping_pending_for: std::time::Duration,
     pub results_prefix: String,
+    /// Key prefix of the face thumbnails (`facegroup_worker::thumbs`).
+    pub thumbnails_prefix: String,
     /// Pipelines are borrowed for the inference step only, on a blocking thread.
     pub pool: Arc<PipelinePool>,
     /// The probe's known-good image: the first small input that ran with faces found (it
@@ -44,8 +51,9 @@ pub struct DetectionHandler {
 }
 
 impl DetectionHandler {
-    /// Decodes and analyses `bytes` of image `id` on a blocking thread with a free pipeline.
-    async fn analyze(&self, id: &str, bytes: Vec<u8>) -> Result<(u32, u32, Vec<Face>), JobError> {
+    /// Decodes and analyses `bytes` of image `id` on a blocking thread with a free pipeline,
+    /// and makes each face's thumbnails from the decoded image.
+    async fn analyze(&self, id: &str, bytes: Vec<u8>) -> Result<Analysed, JobError> {
         let pool = self.pool.clone();
         let bytes = Arc::new(bytes);
         let input = bytes.clone();
@@ -62,18 +70,31 @@ impl DetectionHandler {
                         "inference failed: runtime broken (test hook)",
                     ));
                 }
-                match p.analyze_bytes(&input) {
-                    Ok((img, faces)) => Ok((img.width(), img.height(), faces)),
-                    Err(e @ CoreError::Decode(_)) => Err(JobError::permanent(e.to_string())),
-                    Err(CoreError::Model(e)) => Err(classify_model_error(e)),
-                }
+                let (img, faces) = match p.analyze_bytes(&input) {
+                    Ok(out) => out,
+                    Err(e @ CoreError::Decode(_)) => {
+                        return Err(JobError::permanent(e.to_string()))
+                    }
+                    Err(CoreError::Model(e)) => return Err(classify_model_error(e)),
+                };
+                let thumbnails = faces
+                    .iter()
+                    .map(|f| face_thumbnails(&img, f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| JobError::permanent(e.to_string()))?;
+                Ok(Analysed {
+                    width: img.width(),
+                    height: img.height(),
+                    faces,
+                    thumbnails,
+                })
             })
         })
         .await;
         // A panic in inference (the pool gets its pipeline back) is suspect like an error.
         let out = joined
             .unwrap_or_else(|e| Err(JobError::suspect(format!("inference thread died: {e}"))))?;
-        if !out.2.is_empty() && bytes.len() <= MAX_KNOWN_GOOD_BYTES {
+        if !out.faces.is_empty() && bytes.len() <= MAX_KNOWN_GOOD_BYTES {
             lock(&self.known_good).get_or_insert(bytes);
         }
         Ok(out)
@@ -111,6 +132,15 @@ impl DetectionHandler {
         .await;
         joined.unwrap_or_else(|e| Err(format!("probe thread died: {e}")))
     }
+}
+
+/// What the pipeline made of one image.
+struct Analysed {
+    width: u32,
+    height: u32,
+    faces: Vec<Face>,
+    /// One per face, in order.
+    thumbnails: Vec<Thumbnails>,
 }
 
 /// Largest input kept as the probe's known-good image.
@@ -184,7 +214,12 @@ impl Handler for DetectionHandler {
         }
         fault::crash_point("after_begin");
         let bytes = self.services.s3.get(&job.bucket, &job.key).await?;
-        let (width, height, faces) = self.analyze(&job.image_id, bytes).await?;
+        let Analysed {
+            width,
+            height,
+            faces,
+            thumbnails,
+        } = self.analyze(&job.image_id, bytes).await?;
 
         let model_version = self.pool.model_version();
         // Faces are named by the gallery-scoped image key: image ids are unique per gallery only.
@@ -193,9 +228,23 @@ impl Handler for DetectionHandler {
             .iter()
             .map(|f| FaceRecord::new(&scoped, model_version, f))
             .collect();
+        // Before the faces that name them (idempotent: the same keys get the same bytes).
+        let named: Vec<(&str, &Thumbnails)> = records
+            .iter()
+            .map(|r| r.face_id.as_str())
+            .zip(&thumbnails)
+            .collect();
+        let keys = thumbs::put(&self.services.s3, &self.thumbnails_prefix, &named).await?;
+        fault::crash_point("after_put_thumbnails");
         self.services
             .mongo
-            .replace_faces(&scoped, &job.gallery_id, model_version, &records)
+            .replace_faces(
+                &scoped,
+                &job.gallery_id,
+                model_version,
+                &records,
+                Some(&keys),
+            )
             .await?;
         fault::crash_point("after_replace_faces");
         let doc = FacesDoc {
@@ -281,7 +330,10 @@ impl DetectionHandler {
         erase_image(
             &self.services.mongo,
             &self.services.s3,
-            &self.results_prefix,
+            Prefixes {
+                results: &self.results_prefix,
+                thumbnails: &self.thumbnails_prefix,
+            },
             &job.gallery_id,
             &job.image_id,
         )

@@ -1,6 +1,6 @@
 //! `facegroup-detection-worker`: consumes detection jobs from SQS, runs the facegroup core
 //! pipeline on each image read from S3, and writes faces and image status to MongoDB plus a
-//! per-image faces JSON to S3. Exit codes: see the `facegroup_worker` crate docs (0 normal,
+//! per-image faces JSON and each face's thumbnails to S3. Exit codes: see the `facegroup_worker` crate docs (0 normal,
 //! 1 unexpected, 2 configuration error, 3 GPU/runtime failure).
 //!
 //! This file only wires flags to the engine: the lifecycle is `facegroup_worker::run`, the job
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use facegroup_core::args::PipelineArgs;
 use facegroup_core::{ModelError, PipelinePool};
-use facegroup_worker::{CommonConfig, WorkerError};
+use facegroup_worker::{CommonConfig, ThumbnailConfig, WorkerError};
 use tracing::info;
 
 use crate::handler::DetectionHandler;
@@ -42,6 +42,10 @@ struct Cli {
     #[arg(long, env = "FACEGROUP_RESULTS_PREFIX", default_value = "faces/")]
     results_prefix: String,
 
+    /// Face thumbnails (aligned crop and context crop, JPEG) written per face.
+    #[command(flatten)]
+    thumbnails: ThumbnailConfig,
+
     /// Models and runtime; `--pipelines` defaults to 1 here (jobs beyond it overlap only their
     /// S3/MongoDB I/O) and `--intra-threads` to ONNX Runtime's choice.
     #[command(flatten)]
@@ -62,6 +66,7 @@ fn main() {
             group_after_faces: cli.group_after_faces,
             grouping_pending_for: std::time::Duration::from_secs(cli.grouping_pending_secs),
             results_prefix: cli.results_prefix.clone(),
+            thumbnails_prefix: cli.thumbnails.prefix.clone(),
             pool: Arc::new(pool),
             known_good: std::sync::Mutex::new(None),
         },
@@ -85,12 +90,14 @@ fn load_pipelines(cli: &Cli) -> Result<PipelinePool, WorkerError> {
             )));
         }
     }
+    cli.thumbnails.validate()?;
     let pipelines = cli.pipeline.pipelines.unwrap_or(1) as usize;
     info!(
         config = %cli.common.redacted(),
         grouping_queue_url = ?cli.grouping_queue_url,
         group_after_faces = cli.group_after_faces,
         results_prefix = %cli.results_prefix,
+        thumbnails_prefix = %cli.thumbnails.prefix,
         models_dir = %cli.pipeline.model.models_dir.display(),
         detector = %cli.pipeline.model.detector,
         embedder = %cli.pipeline.model.embedder,

@@ -394,6 +394,102 @@ async fn end_to_end_photos_to_persons() {
     assert_logs_carry_no_face_data(&logs, &embeddings, &photos);
 }
 
+/// Each face's thumbnails are in S3 under the keys its document names: the aligned crop is the
+/// face the stored embedding came from (embedded again, cosine >= 0.9), the context crop shows
+/// the face (the detector finds it there). The same photo as HEIC (heif-enc) gives the same
+/// face as the JPEG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_thumbnails_in_s3_show_the_stored_faces() {
+    let s = stack("thumbnails").await;
+    let (queue, _) = create_queue(&s.sqs, "detect", 30, None).await;
+    let scratch = TempDir::new("thumbnails-heic");
+    let heic = facegroup_testkit::heif_enc(
+        &image_bytes("obama.jpg"),
+        &scratch.path().join("obama.heic"),
+        &[],
+    );
+    let jpeg_key = s.upload_photo("obama.jpg").await;
+    let t1_key = s.upload_photo("t1.jpg").await;
+    s.upload("uploads/obama.heic", heic).await;
+    s.send_detection(&queue, "obama", &jpeg_key).await;
+    s.send_detection(&queue, "t1", &t1_key).await;
+    s.send_detection(&queue, "obama-heic", "uploads/obama.heic")
+        .await;
+    let mut det = s.worker("detection", &queue, &[("FACEGROUP_DRAIN", "true")]);
+    assert_eq!(
+        wait_exit(&mut det, Duration::from_secs(180)).await.code(),
+        Some(0)
+    );
+
+    let mut cfg = facegroup_core::PipelineConfig::with_models(
+        &models_dir(),
+        "scrfd_500m_bnkps.onnx",
+        "w600k_mbf.onnx",
+    );
+    cfg.runtime.dylib_path = Some(facegroup_testkit::ort_dylib());
+    let mut embedder =
+        facegroup_core::ArcFace::new(cfg.embedder.clone(), &cfg.runtime).expect("embedder");
+    let mut pipeline = facegroup_core::Pipeline::new(&cfg).expect("pipeline");
+    let mut stored = BTreeMap::new();
+    for image in ["obama", "t1", "obama-heic"] {
+        assert_eq!(s.status(image).await.as_deref(), Some("done"), "{image}");
+        let faces = s.faces_of(image).await;
+        assert_eq!(faces.len(), if image == "t1" { 6 } else { 1 }, "{image}");
+        let mut keys = BTreeSet::new();
+        for face in &faces {
+            let id = face.get_str("_id").expect("face id");
+            let embedding = decode_embedding(face.get_binary_generic("embedding").expect("emb"))
+                .expect("embedding length");
+            let aligned_key = face.get_str("thumbnail_key").expect("thumbnail_key");
+            let context_key = face.get_str("context_key").expect("context_key");
+            let expected = facegroup_worker::thumbs::keys("thumbnails/", id).expect("keys");
+            assert_eq!(
+                (aligned_key, context_key),
+                (&*expected.aligned, &*expected.context)
+            );
+            keys.extend([aligned_key.to_string(), context_key.to_string()]);
+
+            let aligned = image::load_from_memory(&s.bytes(aligned_key).await)
+                .expect("aligned thumbnail is an image")
+                .to_rgb8();
+            assert_eq!(aligned.dimensions(), (112, 112), "{id}");
+            let again = facegroup_core::FaceEmbedder::embed(&mut embedder, &[&aligned])
+                .expect("embed thumbnail")
+                .remove(0);
+            let c = cos(&again, &embedding);
+            assert!(
+                c >= 0.9,
+                "{id}: thumbnail embeds at cosine {c} to the stored face"
+            );
+
+            let context = image::load_from_memory(&s.bytes(context_key).await)
+                .expect("context thumbnail is an image")
+                .to_rgb8();
+            assert!(context.width().max(context.height()) <= 256, "{id}");
+            // The context crop is the face box enlarged 1.6x: the face fills most of it.
+            let found = pipeline.analyze(&context).expect("analyze context crop");
+            assert_eq!(found.len(), 1, "{id}: faces in the context crop");
+            let c = cos(&found[0].embedding, &embedding);
+            assert!(
+                c >= 0.7,
+                "{id}: the context crop's face embeds at cosine {c}"
+            );
+            stored.insert(image, embedding);
+        }
+        // Exactly the thumbnails the faces name are in the image's folder.
+        assert_eq!(
+            s.keys(&format!("thumbnails/{GALLERY}/{image}/")).await,
+            keys
+        );
+    }
+    let c = cos(&stored["obama"], &stored["obama-heic"]);
+    assert!(c >= 0.98, "the HEIC's face against the JPEG's: cosine {c}");
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// The secret access key the end-to-end test gives the workers (moto accepts any).
 const LOG_SECRET: &str = "e2e-secret-Zq8vK3pWm1";
 
@@ -509,8 +605,9 @@ async fn duplicates_and_bad_input_are_handled() {
 
 /// Every step of a detection job at which the fault hook can abort the worker: before and
 /// after each MongoDB/S3 write, and before the delete.
-const CRASH_STEPS: [&str; 8] = [
+const CRASH_STEPS: [&str; 9] = [
     "after_begin",
+    "after_put_thumbnails",
     "after_replace_faces",
     "after_put_json",
     "before_grouping_claim",
@@ -535,6 +632,8 @@ async fn end_state(s: &Stack, gallery: &str, image_id: &str) -> Value {
                 "det_score": f.get_f64("det_score").expect("det_score"),
                 "embedding": f.get_binary_generic("embedding").expect("embedding"),
                 "model_version": f.get_str("model_version").expect("model_version"),
+                "thumbnail_key": f.get_str("thumbnail_key").expect("thumbnail_key"),
+                "context_key": f.get_str("context_key").expect("context_key"),
             })
         })
         .collect();
@@ -553,8 +652,26 @@ async fn end_state(s: &Stack, gallery: &str, image_id: &str) -> Value {
     let json_faces = s.json(&format!("faces/{gallery}/{image_id}.json")).await["faces"]
         .as_array()
         .map(Vec::len);
+    // Keys are per gallery, so compared by their names within it.
+    let thumbnails: Vec<String> = s
+        .keys(&format!("thumbnails/{gallery}/{image_id}/"))
+        .await
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .collect();
+    for f in faces.iter_mut() {
+        for k in ["thumbnail_key", "context_key"] {
+            let key = f[k].as_str().unwrap_or_default();
+            assert!(
+                key.starts_with(&format!("thumbnails/{gallery}/{image_id}/")),
+                "{key}"
+            );
+            f[k] = json!(key.rsplit('/').next());
+        }
+    }
     json!({
         "status": img.get_str("status").ok(),
+        "thumbnails": thumbnails,
         "face_count": img.get_i32("face_count").ok(),
         "model_version": img.get_str("model_version").ok(),
         "faces": faces,

@@ -4,15 +4,15 @@
 //! the faces before the deletion and commit after it. A deletion never coalesces into a held
 //! lease; it fails temporarily and is retried (`GalleryStore::acquire_exclusive`).
 //!
-//! - **image**: the image is erased (`facegroup_worker::erase`: tombstone first, then faces and
-//!   embeddings of every model version, its grouping-trigger count, its result JSON), then its
-//!   faces are removed from the committed run;
-//! - **person**: `faces: true` deletes the person's faces and embeddings, drops them from the
-//!   per-image result JSONs and from the committed run; `faces: false` only dissolves the
+//! - **image**: the image is erased (`facegroup_worker::erase`: tombstone first, then its face
+//!   thumbnails, faces and embeddings of every model version, its grouping-trigger count, its
+//!   result JSON), then its faces are removed from the committed run;
+//! - **person**: `faces: true` deletes the person's face thumbnails, faces and embeddings, drops
+//!   them from the per-image result JSONs and from the committed run; `faces: false` only dissolves the
 //!   person: its faces become unassigned. The id is retired either way (new persons are
 //!   numbered from the stored next person number, which is already past it);
 //! - **gallery**: the gallery document is marked deleted first, then every image of it becomes
-//!   a tombstone, every face, result JSON, run JSON and `latest.json` is deleted, and the
+//!   a tombstone, every face, thumbnail, result JSON, run JSON and `latest.json` is deleted, and the
 //!   gallery document is replaced by a tombstone holding only `deleted_at` and the run counters.
 //!
 //! Each scope also erases what users said about the deleted faces and persons (their names,
@@ -49,11 +49,11 @@
 use std::collections::BTreeMap;
 
 use facegroup_core::Groups;
-use facegroup_worker::erase::{erase_image, result_key};
+use facegroup_worker::erase::{erase_image, result_key, Prefixes};
 use facegroup_worker::gallery::{GroupingState, Lease, Rerun};
 use facegroup_worker::jobs::{DeletionJob, DeletionScope};
 use facegroup_worker::mongo::image_key;
-use facegroup_worker::{JobError, JobReport, Message};
+use facegroup_worker::{thumbs, JobError, JobReport, Message};
 use tracing::{info, warn};
 
 use crate::handler::{Committed, GroupRun, GroupingHandler};
@@ -137,7 +137,10 @@ impl GroupingHandler {
                 let faces = erase_image(
                     &self.services.mongo,
                     &self.services.s3,
-                    &self.results_prefix,
+                    Prefixes {
+                        results: &self.results_prefix,
+                        thumbnails: &self.thumbnails_prefix,
+                    },
                     g,
                     image_id,
                 )
@@ -163,8 +166,18 @@ impl GroupingHandler {
                 let corrections = self.corrections();
                 corrections.forget_person(g, person_id).await?;
                 if *faces {
+                    // The faces MongoDB files under the person too (a run committed since),
+                    // before their documents go: their ids name their thumbnails.
+                    let mut doomed = self.services.mongo.person_face_ids(g, person_id).await?;
+                    doomed.extend(face_ids.iter().cloned());
+                    doomed.sort_unstable();
+                    doomed.dedup();
                     corrections
-                        .forget_faces(g, |f| face_ids.iter().any(|d| d == f))
+                        .forget_faces(g, |f| {
+                            doomed.binary_search_by(|d| d.as_str().cmp(f)).is_ok()
+                        })
+                        .await?;
+                    thumbs::delete_faces(&self.services.s3, &self.thumbnails_prefix, &doomed)
                         .await?;
                     self.drop_from_result_jsons(g, &face_ids).await?;
                     let n = self
@@ -262,6 +275,11 @@ impl GroupingHandler {
             self.services.mongo.tombstone_image(g, image_id).await?;
         }
         let faces = self.services.mongo.delete_gallery_faces(g).await?;
+        let thumbnails = self
+            .services
+            .s3
+            .delete_prefix(&thumbs::gallery_prefix(&self.thumbnails_prefix, g))
+            .await?;
         let mut keys: Vec<String> = images
             .iter()
             .map(|i| result_key(&self.results_prefix, g, i))
@@ -273,7 +291,7 @@ impl GroupingHandler {
         if !self.galleries.finish_deletion(lease).await? {
             return Err(lost());
         }
-        info!(gallery_id = %g, images = images.len(), faces, "gallery erased");
+        info!(gallery_id = %g, images = images.len(), faces, thumbnails, "gallery erased");
         // Coalesced grouping requests of a deleted gallery have nothing left to group.
         Ok(Deleted {
             committed: None,

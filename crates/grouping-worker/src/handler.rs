@@ -48,6 +48,9 @@ pub struct GroupingHandler {
     pub groups_prefix: String,
     /// Key prefix of the detection worker's per-image result JSONs (deletion jobs erase them).
     pub results_prefix: String,
+    /// Key prefix of the face thumbnails: each person's representative is named with its
+    /// thumbnail keys, and deletion jobs erase them.
+    pub thumbnails_prefix: String,
     pub model_version: String,
     pub config: GroupConfig,
     pub lease: LeaseTiming,
@@ -84,6 +87,41 @@ pub struct GroupRun {
     pub face_count: usize,
     pub persons: Vec<facegroup_core::Person>,
     pub unassigned: Vec<String>,
+    /// Each person's representative face (`Person::representative`: the grouping's best-quality
+    /// seed face, ties to the face nearest the person's mean) with its thumbnail keys, in
+    /// person order. Absent in runs written before thumbnails existed.
+    #[serde(default)]
+    pub representatives: Vec<Representative>,
+}
+
+/// A person's representative face and where its thumbnails are (`facegroup_worker::thumbs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Representative {
+    pub person_id: String,
+    pub face_id: String,
+    /// The aligned 112x112 crop.
+    pub thumbnail_key: String,
+    /// The face with its surroundings.
+    pub context_key: String,
+}
+
+/// The representatives of `persons` (a face id without thumbnail keys is left out).
+fn representatives(
+    thumbnails_prefix: &str,
+    persons: &[facegroup_core::Person],
+) -> Vec<Representative> {
+    persons
+        .iter()
+        .filter_map(|p| {
+            let keys = facegroup_worker::thumbs::keys(thumbnails_prefix, &p.representative)?;
+            Some(Representative {
+                person_id: p.person_id.clone(),
+                face_id: p.representative.clone(),
+                thumbnail_key: keys.aligned,
+                context_key: keys.context,
+            })
+        })
+        .collect()
 }
 
 /// `groups/{gallery}/latest.json`: a convenience copy of the committed run pointer for readers
@@ -316,6 +354,7 @@ impl GroupingHandler {
             model_version: model_version.to_string(),
             created_at_ms: facegroup_worker::now_ms(),
             face_count,
+            representatives: representatives(&self.thumbnails_prefix, &groups.persons),
             persons: groups.persons.clone(),
             unassigned: groups.unassigned.clone(),
         };

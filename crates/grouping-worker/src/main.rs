@@ -19,7 +19,7 @@ use clap::Parser;
 use facegroup_core::args::ModelArgs;
 use facegroup_core::{ExecutionProvider, GroupConfig};
 use facegroup_worker::gallery::GalleryStore;
-use facegroup_worker::{CommonConfig, WorkerError};
+use facegroup_worker::{CommonConfig, ThumbnailConfig, WorkerError};
 use tracing::info;
 
 use crate::handler::{GroupingHandler, LeaseTiming};
@@ -39,6 +39,11 @@ struct Cli {
     /// (the detection worker's FACEGROUP_RESULTS_PREFIX).
     #[arg(long, env = "FACEGROUP_RESULTS_PREFIX", default_value = "faces/")]
     results_prefix: String,
+
+    /// The detection worker's face thumbnails (the same FACEGROUP_THUMBNAILS_PREFIX): named for
+    /// each person's representative, erased by deletion jobs.
+    #[command(flatten)]
+    thumbnails: ThumbnailConfig,
 
     /// The models whose faces are grouped (their file names make the model version: embeddings
     /// of different models are not comparable). `--provider cuda` searches the kNN graph with
@@ -71,6 +76,7 @@ fn main() {
             lease: LeaseTiming::new(Duration::from_secs(cli.lease_secs)),
             groups_prefix: cli.groups_prefix.clone(),
             results_prefix: cli.results_prefix.clone(),
+            thumbnails_prefix: cli.thumbnails.prefix.clone(),
             model_version: cli.model.model_version(),
             config,
         },
@@ -86,6 +92,7 @@ fn group_config(cli: &Cli) -> Result<GroupConfig, WorkerError> {
             cli.min_quality
         )));
     }
+    cli.thumbnails.validate()?;
     if cli.lease_secs == 0 || cli.lease_secs > 43_200 {
         return Err(WorkerError::Config(format!(
             "lease secs {} not in 1..=43200",
@@ -95,6 +102,7 @@ fn group_config(cli: &Cli) -> Result<GroupConfig, WorkerError> {
     info!(
         config = %cli.common.redacted(),
         groups_prefix = %cli.groups_prefix,
+        thumbnails_prefix = %cli.thumbnails.prefix,
         model_version = %cli.model.model_version(),
         min_quality = cli.min_quality,
         "starting grouping worker"

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use facegroup_worker::gallery::GalleryStore;
 use facegroup_worker::mongo::{encode_embedding, MongoStore};
+use facegroup_worker::thumbs;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use serde_json::{json, Value};
 
@@ -25,6 +26,8 @@ const GALLERY: &str = "g1";
 /// The worker's default model version (detector + embedder file stems).
 const MODEL_VERSION: &str = "scrfd_500m_bnkps+w600k_mbf";
 const DIM: usize = 512;
+/// The workers' default FACEGROUP_THUMBNAILS_PREFIX.
+const THUMBNAILS: &str = "thumbnails/";
 
 /// The grouping worker binary cargo built for these tests (with `facegroup-worker/testing`
 /// through the dev-dependency, so the fault hooks are in).
@@ -590,7 +593,8 @@ fn assert_gone(all: &BTreeMap<String, String>, needle: &str) {
 }
 
 impl Stack {
-    /// The status document and result JSON the detection worker leaves for each stored image.
+    /// The status document, result JSON and face thumbnails the detection worker leaves for
+    /// each stored image.
     async fn add_image_records(&self) {
         let faces = self.all_faces().await;
         let mut by_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -601,6 +605,12 @@ impl Stack {
                 .entry(image.to_string())
                 .or_default()
                 .push(f.get_str("_id").expect("id").to_string());
+        }
+        for id in faces.iter().filter_map(|f| f.get_str("_id").ok()) {
+            let keys = thumbs::keys(THUMBNAILS, id).expect("thumbnail keys");
+            for key in [keys.aligned, keys.context] {
+                self.put(&key, b"\xFF\xD8 a face".to_vec()).await;
+            }
         }
         for (image, ids) in by_image {
             self.db
@@ -623,6 +633,17 @@ impl Stack {
                 .await
                 .expect("put result");
         }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>) {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
     /// Runs one draining worker (log `n`) over what is queued; it must exit 0.
@@ -683,10 +704,24 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
         s.add_faces(p, 0, 3).await;
     }
     s.add_image_records().await;
+    // A thumbnail of an attempt that died before it stored its face (no document names it).
+    let orphan = format!("{THUMBNAILS}{GALLERY}/p0-img0/other+model/0.aligned.jpg");
+    s.put(&orphan, b"\xFF\xD8 orphan".to_vec()).await;
     s.send_job("full").await;
     s.drain(0).await;
     let run = s.committed_run().await;
     assert_eq!(run["persons"].as_array().map(Vec::len), Some(4));
+    // Each person's representative is named with its thumbnails, which exist.
+    let reps = run["representatives"].as_array().expect("representatives");
+    assert_eq!(reps.len(), 4);
+    for (p, r) in run["persons"].as_array().expect("persons").iter().zip(reps) {
+        assert_eq!(r["person_id"], p["person_id"]);
+        assert_eq!(r["face_id"], p["representative"]);
+        let keys = thumbs::keys(THUMBNAILS, r["face_id"].as_str().expect("face id")).expect("keys");
+        assert_eq!(r["thumbnail_key"], json!(keys.aligned));
+        assert_eq!(r["context_key"], json!(keys.context));
+        assert!(s.keys(&keys.aligned).await.contains(&keys.aligned));
+    }
     let p1 = person_of(&run, &format!("{GALLERY}/p1-"));
     let p2 = person_of(&run, &format!("{GALLERY}/p2-"));
     // Names are what users said about persons: they go with what is deleted.
@@ -715,6 +750,14 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
         .filter(|(k, _)| !k.starts_with("images:"))
         .collect();
     assert_gone(&others, "p0-img0");
+    assert!(s
+        .keys(&format!("{THUMBNAILS}{GALLERY}/p0-img0/"))
+        .await
+        .is_empty());
+    assert!(!s
+        .keys(&format!("{THUMBNAILS}{GALLERY}/p0-img1/"))
+        .await
+        .is_empty());
     let tomb: Document =
         s.db.database("huemn")
             .collection::<Document>("images")
@@ -763,7 +806,10 @@ async fn deletion_jobs_leave_nothing_behind_and_regrouping_brings_nothing_back()
     assert_gone(&all, "Max");
     for i in 0..3 {
         assert_gone(&all, &format!("{GALLERY}/p2-img{i}:"));
+        assert_gone(&all, &format!("{THUMBNAILS}{GALLERY}/p2-img{i}/"));
     }
+    // The dissolved person's faces keep theirs.
+    assert_eq!(s.keys(&format!("{THUMBNAILS}{GALLERY}/p1-")).await.len(), 6);
     let json = &all[&format!("s3:faces/{GALLERY}/p2-img0.json")];
     assert!(json.contains("\"faces\": []"), "{json}");
 

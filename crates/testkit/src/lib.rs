@@ -2,7 +2,8 @@
 //! copied between crates and none is included across crates with `#[path]`.
 //!
 //! - [`paths`]: the repository, models, sample photos and ONNX Runtime library that
-//!   `scripts/setup.sh` installs; a missing one panics with the command that fetches it.
+//!   `scripts/setup.sh` installs; a missing one panics with the command that fetches it;
+//!   [`heif_enc`] makes HEIC/AVIF copies of the sample photos.
 //! - [`TempDir`]: a fresh folder removed on drop.
 //! - [`server`]: real servers on free ports (moto for SQS/S3/Batch/IAM, SecantusDB for the
 //!   MongoDB wire protocol) from the repo's `.venv`, stopped when their handle drops.
@@ -31,7 +32,7 @@ mod wait;
 
 #[cfg(feature = "aws")]
 pub use aws::{create_queue, moto_loader, queue_counts, s3_bytes, s3_json, s3_objects, sdk_config};
-pub use paths::{image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
+pub use paths::{heif_enc, image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
 pub use rng::{normalise, Rng};
 pub use server::{
     free_port, mongo_uri, start_mongo, start_mongo_on, start_moto, start_moto_with, worker_env,

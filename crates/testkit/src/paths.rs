@@ -93,3 +93,28 @@ pub fn run_python(args: &[&str], stdin: &[u8]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Encodes `jpeg` as HEIC (or AVIF with `extra = ["-A"]`) into `out` with Debian's `heif-enc`
+/// (libheif-examples, installed by scripts/setup.sh) and returns the file's bytes. Tests make
+/// their HEIF photos this way from the sample JPEGs instead of committing any; a missing tool
+/// fails the test with the fix.
+pub fn heif_enc(jpeg: &[u8], out: &Path, extra: &[&str]) -> Vec<u8> {
+    let input = out.with_extension("source.jpg");
+    std::fs::write(&input, jpeg).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    let result = std::process::Command::new("heif-enc")
+        .args(extra)
+        .args(["-q", "90", "-o"])
+        .arg(out)
+        .arg(&input)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("heif-enc: {e}; run scripts/setup.sh (installs Debian's libheif-examples)")
+        });
+    let _ = std::fs::remove_file(&input);
+    assert!(
+        result.status.success(),
+        "heif-enc failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::read(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+}

@@ -122,6 +122,11 @@ impl TestStack {
         crate::aws::s3_json(&self.s3, &self.bucket, key).await
     }
 
+    /// The object at `key` in the bucket (panics when missing).
+    pub async fn bytes(&self, key: &str) -> Vec<u8> {
+        crate::aws::s3_bytes(&self.s3, &self.bucket, key).await
+    }
+
     /// The keys under `prefix` in the bucket (the first 1000, plenty for a test).
     pub async fn keys(&self, prefix: &str) -> std::collections::BTreeSet<String> {
         let out = self

@@ -91,6 +91,35 @@ pub struct CommonConfig {
     pub metrics_namespace: String,
 }
 
+/// Where face thumbnails go (`facegroup_worker::thumbs`): the detection worker writes them,
+/// the grouping worker names the representatives' and erases them in deletion jobs, so both
+/// take this flag with the same default.
+#[derive(Debug, Clone, Args)]
+pub struct ThumbnailConfig {
+    /// Key prefix of the face thumbnails:
+    /// PREFIX{gallery_id}/{image_id}/{model_version}/{face_index}.{aligned,context}.jpg.
+    #[arg(
+        long = "thumbnails-prefix",
+        env = "FACEGROUP_THUMBNAILS_PREFIX",
+        default_value = crate::thumbs::DEFAULT_PREFIX
+    )]
+    pub prefix: String,
+}
+
+impl ThumbnailConfig {
+    /// The prefix must be a relative folder (end in `/`): deletions erase whole folders under
+    /// it, which must hold thumbnails only.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if self.prefix.is_empty() || !self.prefix.ends_with('/') || self.prefix.starts_with('/') {
+            return Err(WorkerError::Config(format!(
+                "thumbnails prefix {:?} must be a relative folder ending in '/'",
+                self.prefix
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl CommonConfig {
     /// Rejects values the worker cannot run with.
     pub fn validate(&self) -> Result<(), WorkerError> {

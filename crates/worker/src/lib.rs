@@ -35,13 +35,14 @@ pub mod metrics;
 pub mod mongo;
 pub mod s3;
 pub mod sqs;
+pub mod thumbs;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use config::CommonConfig;
+pub use config::{CommonConfig, ThumbnailConfig};
 pub use entry::run;
 pub use error::{
     ErrorClass, JobError, StoreError, WorkerError, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME,

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use facegroup_core::{FaceInput, FaceRecord, Groups};
 
 use crate::error::StoreError;
+use crate::thumbs::ThumbnailKeys;
 
 pub const FACES_DB: &str = "gallery_images";
 pub const FACES_COLLECTION: &str = "faces";
@@ -212,19 +213,32 @@ impl MongoStore {
 
     /// Writes an image's faces (all of one image and model version): one upsert per face, then
     /// removes faces with a higher index left by an earlier attempt, so the stored set equals
-    /// `faces` however often this runs.
+    /// `faces` however often this runs. `thumbnails` (when given, one per face, in order) are
+    /// the keys of the faces' thumbnails, already in S3: stored as `thumbnail_key` (aligned
+    /// crop) and `context_key`.
     pub async fn replace_faces(
         &self,
         image_id: &str,
         gallery_id: &str,
         model_version: &str,
         faces: &[FaceRecord],
+        thumbnails: Option<&[ThumbnailKeys]>,
     ) -> Result<(), StoreError> {
+        if thumbnails.is_some_and(|t| t.len() != faces.len()) {
+            return Err(StoreError::Malformed(format!(
+                "image {image_id}: thumbnail keys do not match its {} faces",
+                faces.len()
+            )));
+        }
         let now = DateTime::now();
-        for f in faces {
+        for (i, f) in faces.iter().enumerate() {
             let mut set = face_document(f)?;
             set.insert("gallery_id", gallery_id);
             set.insert("updated_at", now);
+            if let Some(t) = thumbnails.and_then(|t| t.get(i)) {
+                set.insert("thumbnail_key", &t.aligned);
+                set.insert("context_key", &t.context);
+            }
             self.faces
                 .update_one(
                     doc! {"_id": &f.face_id},
@@ -387,6 +401,27 @@ impl MongoStore {
                 .deleted_count;
         }
         Ok(deleted)
+    }
+
+    /// The ids of the gallery's faces that carry person id `person_id`.
+    pub async fn person_face_ids(
+        &self,
+        gallery_id: &str,
+        person_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut cursor = self
+            .faces
+            .find(doc! {"gallery_id": gallery_id, "person_id": person_id})
+            .projection(doc! {"_id": 1})
+            .await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            match d.get_str("_id") {
+                Ok(id) => out.push(id.to_string()),
+                Err(_) => return Err(StoreError::Malformed(format!("face {:?}", d.get("_id")))),
+            }
+        }
+        Ok(out)
     }
 
     /// Removes person id `person_id` from the gallery's faces (they become unassigned).

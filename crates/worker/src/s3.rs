@@ -1,4 +1,5 @@
-//! S3 store: size-limited reads of input images and JSON writes of results. A read answered
+//! S3 store: size-limited reads of input images, JSON and thumbnail writes of results, and the
+//! deletions of the erasure jobs. A read answered
 //! 404 is [`StoreError::NotFound`], one answered 403 is [`StoreError::Denied`]: both permanent
 //! for the input (retrying the same request cannot help), unlike network or 5xx trouble.
 
@@ -118,6 +119,54 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// Writes `body` to `s3://bucket/key` (a whole-object PUT: writing the same bytes again
+    /// changes nothing a reader can see).
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| StoreError::S3(DisplayErrorContext(&e).to_string()))?;
+        Ok(())
+    }
+
+    /// Every key of the results bucket under `prefix` (ListObjectsV2, all pages).
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StoreError::S3(DisplayErrorContext(&e).to_string()))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Deletes every object under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let keys = self.list_keys(prefix).await?;
+        self.delete_keys(&keys).await?;
+        Ok(keys.len())
+    }
+
     /// Deletes `keys` from the results bucket in DeleteObjects batches of 1,000. A key that
     /// does not exist is no error (S3 deletes are idempotent), so a redelivered deletion
     /// succeeds again.

@@ -106,3 +106,58 @@ async fn a_read_the_role_may_not_do_is_a_permanent_denied_failure() {
         .await;
     assert!(put.is_err(), "write outside the policy allowed");
 }
+
+/// `delete_prefix` erases everything under a folder across list pages (S3 lists 1,000 keys a
+/// page) and nothing beside it: the thumbnail erasure of a large gallery relies on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_prefix_erases_every_page_and_nothing_else() {
+    let moto = start_moto();
+    let conf = moto_loader(facegroup_worker::aws::loader(), &moto)
+        .load()
+        .await;
+    let client = facegroup_worker::aws::s3_client(&conf, true);
+    client
+        .create_bucket()
+        .bucket("results")
+        .send()
+        .await
+        .expect("create bucket");
+    let store = S3Store::new(client, "results".into(), 1 << 20);
+    let keys: Vec<String> = (0..1005)
+        .map(|i| format!("thumbnails/g/img-{}/m/{i}.aligned.jpg", i % 7))
+        .collect();
+    futures::future::try_join_all(
+        keys.iter()
+            .map(|k| store.put_bytes(k, b"jpeg".to_vec(), "image/jpeg")),
+    )
+    .await
+    .expect("put thumbnails");
+    for k in ["thumbnails/g2/img-0/m/0.aligned.jpg", "faces/g/img-0.json"] {
+        store
+            .put_bytes(k, b"x".to_vec(), "application/octet-stream")
+            .await
+            .expect("put neighbour");
+    }
+    assert_eq!(
+        store.list_keys("thumbnails/g/").await.expect("list").len(),
+        1005
+    );
+    assert_eq!(
+        store.delete_prefix("thumbnails/g/").await.expect("delete"),
+        1005
+    );
+    assert!(store
+        .list_keys("thumbnails/g/")
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        store.list_keys("").await.expect("list all"),
+        ["faces/g/img-0.json", "thumbnails/g2/img-0/m/0.aligned.jpg"]
+    );
+    // Idempotent: nothing left is no error.
+    assert_eq!(
+        store.delete_prefix("thumbnails/g/").await.expect("again"),
+        0
+    );
+}
