@@ -89,6 +89,10 @@ pub struct CommonConfig {
     /// CloudWatch metric namespace of the Embedded Metric Format lines.
     #[arg(long, env = "FACEGROUP_METRICS_NAMESPACE", default_value = "facegroup")]
     pub metrics_namespace: String,
+
+    /// Callbacks, SNS and EventBridge events ([`crate::events`]).
+    #[command(flatten)]
+    pub events: crate::events::EventsConfig,
 }
 
 /// Where face thumbnails go (`facegroup_worker::thumbs`): the detection worker writes them,
@@ -171,7 +175,7 @@ impl CommonConfig {
         if self.max_object_bytes == 0 {
             return bad("max object bytes must be positive".into());
         }
-        Ok(())
+        self.events.validate()
     }
 
     pub fn grace_period(&self) -> Duration {
@@ -195,7 +199,7 @@ impl fmt::Display for Redacted<'_> {
             "queue_url={} bucket={} mongodb_uri={} max_in_flight={} wait_time_secs={} \
              visibility_secs={} heartbeat_secs={} retry_backoff_secs={} grace_period_secs={} \
              drain={} idle_exit_secs={} liveness_file={} max_object_bytes={} s3_path_style={} \
-             breaker_failures={}",
+             breaker_failures={} {}",
             c.queue_url,
             c.bucket,
             redact_uri(&c.mongodb_uri),
@@ -210,7 +214,8 @@ impl fmt::Display for Redacted<'_> {
             c.liveness_file.display(),
             c.max_object_bytes,
             c.s3_path_style,
-            c.breaker_failures
+            c.breaker_failures,
+            c.events
         )
     }
 }

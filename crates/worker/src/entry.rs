@@ -1,5 +1,5 @@
 //! The one entry point of both worker binaries: logging, the configuration check, the async
-//! runtime, signals, the services, GPU metrics, the consumer and the exit code. A binary only
+//! runtime, signals, the services, GPU metrics, event delivery, the consumer and the exit code. A binary only
 //! parses its flags, checks its own settings in `prepare` (before any network or runtime
 //! start, so a bad flag or a missing model exits 2 at once) and builds its handler in `start`.
 
@@ -46,6 +46,7 @@ fn run_inner<P, H: Handler>(
         let shutdown = shutdown_on_signals()?;
         let services = Services::connect(common, service).await?;
         services.start_gpu_metrics(provider, &shutdown);
+        services.events.spawn_delivery(shutdown.clone());
         let handler = start(prepared, &services);
         Ok::<_, WorkerError>(serve(common, &services, handler, shutdown).await)
     });

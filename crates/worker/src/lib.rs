@@ -1,7 +1,7 @@
 //! Shared runtime of the facegroup workers (`facegroup-detection-worker`,
 //! `facegroup-grouping-worker`): typed configuration ([`config`]), the SQS consumer ([`sqs`]),
 //! the S3 and MongoDB stores ([`s3`], [`mongo`]), erasure of an image's data ([`erase`]), message contracts ([`jobs`]), error classes
-//! ([`error`]), CloudWatch EMF metrics ([`metrics`]), test-only fault hooks ([`fault`], feature
+//! ([`error`]), events to callbacks / SNS / EventBridge through an outbox ([`events`]), CloudWatch EMF metrics ([`metrics`]), test-only fault hooks ([`fault`], feature
 //! `testing`) and the process lifecycle: [`run`] is the whole `main` of both worker binaries.
 //!
 //! # Exit codes
@@ -27,6 +27,7 @@ pub mod corrections;
 mod entry;
 pub mod erase;
 pub mod error;
+pub mod events;
 pub mod fault;
 pub mod gallery;
 pub mod gpu;
@@ -91,6 +92,8 @@ pub struct Services {
     pub s3: s3::S3Store,
     pub mongo: mongo::MongoStore,
     pub metrics: Arc<Metrics>,
+    /// The outbox the jobs record their events in (delivered by [`events::Events::spawn_delivery`]).
+    pub events: events::Events,
 }
 
 impl Services {
@@ -115,10 +118,16 @@ impl Services {
             .ensure_indexes()
             .await
             .map_err(|e| WorkerError::Other(format!("creating MongoDB indexes: {e}")))?;
+        let events = events::Events::new(&mongo, cfg.events.clone(), &sdk);
+        events
+            .ensure_indexes()
+            .await
+            .map_err(|e| WorkerError::Other(format!("creating MongoDB indexes: {e}")))?;
         Ok(Self {
             sqs,
             s3,
             mongo,
+            events,
             metrics: Arc::new(Metrics::new(cfg.metrics_namespace.clone(), service)),
         })
     }
