@@ -9,7 +9,7 @@
 //!   MongoDB wire protocol) from the repo's `.venv`, stopped when their handle drops.
 //! - [`Rng`]: a seeded generator, so synthetic data is the same on every run.
 //! - `aws` feature: SDK configuration pointing at moto, SQS queue helpers; `tokio` feature:
-//!   [`wait_for`]. Off by default so the model tests (core, cli) do not build the AWS SDK.
+//!   [`wait_for`] and [`HttpReceiver`] (a recording HTTP server for callback tests). Off by default so the model tests (core, cli) do not build the AWS SDK.
 //! - `stack` feature: [`TestStack`], the servers, clients and bucket of a worker test, and
 //!   the command that starts a worker binary against them.
 //!
@@ -28,6 +28,8 @@ pub mod aws;
 #[cfg(feature = "stack")]
 pub mod stack;
 #[cfg(feature = "tokio")]
+pub mod receiver;
+#[cfg(feature = "tokio")]
 mod wait;
 
 #[cfg(feature = "aws")]
@@ -41,5 +43,7 @@ pub use server::{
 #[cfg(feature = "stack")]
 pub use stack::{CrashRun, TestStack, WorkerTiming, REFERENCE};
 pub use temp::TempDir;
+#[cfg(feature = "tokio")]
+pub use receiver::{HttpReceiver, Received};
 #[cfg(feature = "tokio")]
 pub use wait::{wait_exit, wait_for};
