@@ -207,6 +207,11 @@ impl Handler for DetectionHandler {
         {
             Begin::Run => {}
             Begin::AlreadyDone => {
+                // Completes an attempt that died between `mark_done` and its event.
+                self.services
+                    .events
+                    .image_done_again(&self.services.mongo, &job, self.pool.model_version())
+                    .await?;
                 info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
                 return Ok(JobReport::default());
             }
@@ -278,8 +283,8 @@ impl Handler for DetectionHandler {
         fault::pause_point("before_mark_done").await;
         // Deleted while this job ran: the tombstone (the gallery's, or the image's, which
         // `mark_done` never overwrites) came after some of the writes above, so erase them (the
-        // deletion erased those before it). `mark_done` stays the last write of a live image:
-        // nothing after it can be cut off by a shutdown.
+        // deletion erased those before it). `mark_done` is the last write of the image's data;
+        // only its event follows (a redelivery that finds the image done records it again).
         if self.services.mongo.gallery_deleted(&job.gallery_id).await?
             || !self
                 .services
@@ -290,6 +295,10 @@ impl Handler for DetectionHandler {
             return self.drop_deleted(&job).await;
         }
         fault::crash_point("after_mark_done");
+        self.services
+            .events
+            .image_done(&job, model_version, faces.len())
+            .await?;
         info!(image_id = %job.image_id, gallery_id = %job.gallery_id, faces = faces.len(), "image done");
         Ok(JobReport {
             images: 1,
@@ -314,6 +323,10 @@ impl Handler for DetectionHandler {
         self.services
             .mongo
             .mark_failed(&gallery, &image_id, err.class.as_str(), &err.reason)
+            .await?;
+        self.services
+            .events
+            .image_failed(msg, &gallery, &image_id, err)
             .await?;
         Ok(())
     }
@@ -373,6 +386,7 @@ impl DetectionHandler {
             gallery_id: gallery_id.to_string(),
             mode: GroupMode::Full,
             min_quality: None,
+            callback: None,
         })
         .map_err(|e| JobError::temporary(e.to_string()))?;
         if let Err(e) = self

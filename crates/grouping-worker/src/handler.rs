@@ -9,7 +9,9 @@
 //! 4. write `groups/{gallery}/{run}.json`, then commit the run pointer in MongoDB, conditional
 //!    on still holding the lease (which the commit releases, taking coalesced requests);
 //! 5. person ids on the faces, fenced by the run number; `latest.json` as a convenience copy
-//!    for readers; one follow-up grouping job if requests were coalesced.
+//!    for readers; the `gallery.grouped` event into the outbox (`facegroup_worker::events`; a
+//!    crash before it reruns the job, whose new run records its own); one follow-up grouping
+//!    job if requests were coalesced.
 //!
 //! Steps 2-4 run next to a task that renews the lease; losing it cancels the job before the
 //! commit. An empty face set commits nothing, so the previous run and its numbering stay.
@@ -30,6 +32,7 @@ use facegroup_core::{
     group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError, GroupMode, Groups,
 };
 use facegroup_worker::corrections::CorrectionStore;
+use facegroup_worker::events::GroupedRun;
 use facegroup_worker::gallery::{
     Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
 };
@@ -259,6 +262,17 @@ impl GroupingHandler {
         fault::crash_point("after_put_latest");
         self.delete_uncommitted_runs(&job.gallery_id, previous_run, done.run_number)
             .await;
+        let run = GroupedRun {
+            run_number: done.run_number,
+            run_id: &done.run_id,
+            groups_key: &done.key,
+            model_version: &self.model_version,
+            face_count: done.groups.persons.iter().map(|p| p.face_ids.len()).sum::<usize>()
+                + done.groups.unassigned.len(),
+            person_count: done.groups.persons.len(),
+            unassigned_count: done.groups.unassigned.len(),
+        };
+        self.services.events.gallery_grouped(job, run).await?;
         if let Some(rerun) = done.rerun {
             self.follow_up(&job.gallery_id, rerun).await?;
         }
@@ -498,6 +512,7 @@ impl GroupingHandler {
                 GroupMode::Incremental
             },
             min_quality: rerun.min_quality,
+            callback: None,
         })
         .map_err(|e| JobError::temporary(format!("serialising follow-up job: {e}")))?;
         self.services

@@ -19,7 +19,8 @@ pub struct DetectionJob {
     pub gallery_id: String,
     pub bucket: String,
     pub key: String,
-    /// Opaque to the worker; stored on the image's status document for the caller.
+    /// URL POSTed the image's `image.done` / `image.failed` event (`crate::events`; only hosts
+    /// on the allow-list); also stored on the image's status document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
     /// Free-form caller metadata, stored on the image's status document.
@@ -36,6 +37,10 @@ pub struct GroupingJob {
     /// Overrides the configured minimum face quality for this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_quality: Option<f32>,
+    /// URL POSTed the run's `gallery.grouped` event (`crate::events`). A request coalesced into
+    /// a running job gets no event of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
 }
 
 /// A deletion job (`docs/schemas/deletion-job.schema.json`): erase an image, a whole gallery or

@@ -60,7 +60,7 @@ use tracing::{info, warn};
 pub use config::{EventsConfig, Secret};
 
 use crate::error::{JobError, StoreError};
-use crate::jobs::DetectionJob;
+use crate::jobs::{DetectionJob, GroupingJob};
 use crate::sqs::Message;
 use crate::mongo::{MongoStore, STATUS_DB};
 
@@ -655,15 +655,14 @@ impl Events {
     }
 
     /// A gallery's grouping run committed: recorded once the run's writes are done, before the
-    /// message is deleted. The callback is the grouping job's (`callback` in its body).
+    /// message is deleted, to the grouping job's `callback`.
     pub async fn gallery_grouped(
         &self,
-        msg: &Message,
-        gallery_id: &str,
+        job: &GroupingJob,
         run: GroupedRun<'_>,
     ) -> Result<(), StoreError> {
-        let event = Event::gallery_grouped(gallery_id, run);
-        self.record(&event, callback_of(&msg.body).as_deref()).await
+        let event = Event::gallery_grouped(&job.gallery_id, run);
+        self.record(&event, job.callback.as_deref()).await
     }
 }
 
