@@ -294,17 +294,19 @@ import re, sys
 
 text = open(sys.argv[1]).read()
 for name, value in (("CreateBucket", '"true"'),
-                    ("KmsKeyArn", '"arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"')):
+                    ("KmsKeyArn", '"arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"'),
+                    ("EventsSnsTopicArn", '"arn:aws:sns:us-east-1:123456789012:facegroup-events"'),
+                    ("EventsBusArn", '"arn:aws:events:us-east-1:123456789012:event-bus/facegroup"')):
     text, n = re.subn(rf"(\n  {name}:\n(?:    .*\n)*?    Default: ).*", rf"\g<1>{value}", text, count=1)
     if n != 1:
         sys.exit(f"no Default of parameter {name} to set")
 open(sys.argv[2], "w").write(text)
 PY
 )" && out="$(checkov_scan cloudformation "$variant" 2>&1)"; then
-    ok "checkov $template, CreateBucket=true KmsKeyArn=... ($out)"
+    ok "checkov $template, CreateBucket=true KmsKeyArn=... EventsSnsTopicArn=... EventsBusArn=... ($out)"
 else
     echo "$out" >&2
-    fail "checkov $template, CreateBucket=true KmsKeyArn=..."
+    fail "checkov $template, CreateBucket=true KmsKeyArn=... EventsSnsTopicArn=... EventsBusArn=..."
 fi
 for dockerfile in docker/Dockerfile docker/*.Dockerfile docker/Dockerfile.*; do
     [ -f "$dockerfile" ] || continue

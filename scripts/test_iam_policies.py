@@ -90,6 +90,23 @@ def check_resolution() -> None:
     expect("parameters and --queue are applied",
            grp["ReadWriteGroups"]["Resource"] == f"arn:aws:s3:::{BUCKET}/runs/*"
            and grp["ConsumeGroupingQueue"]["Resource"] == "arn:aws:sqs:us-east-1:123456789012:q-g")
+    for role in ("DetectionJobRole", "GroupingJobRole"):
+        expect(f"{role}: no event policies without a topic or bus",
+               not {"publish-events-topic", "put-events-bus"} & set(plain[role]))
+    topic = "arn:aws:sns:us-east-1:123456789012:facegroup-events"
+    bus = "arn:aws:events:us-east-1:123456789012:event-bus/facegroup"
+    with_events = policies("--param", f"BucketName={BUCKET}", "--param", f"EventsSnsTopicArn={topic}",
+                           "--param", f"EventsBusArn={bus}")
+    for role in ("DetectionJobRole", "GroupingJobRole"):
+        st = statements(with_events[role])
+        expect(f"{role} publishes to the configured topic only",
+               st.get("PublishEvents", {}).get("Action") == "sns:Publish"
+               and st.get("PublishEvents", {}).get("Resource") == topic)
+        expect(f"{role} puts events on the configured bus only",
+               st.get("PutEvents", {}).get("Action") == "events:PutEvents"
+               and st.get("PutEvents", {}).get("Resource") == bus)
+    expect("scaler gets no event policies",
+           not {"publish-events-topic", "put-events-bus"} & set(with_events["ScalerJobRole"]))
     bad = subprocess.run([PY, str(REPO / "scripts/iam_policies.py")], capture_output=True, text=True)
     expect("a missing required parameter exits 2", bad.returncode == 2 and "BucketName" in bad.stderr)
 
