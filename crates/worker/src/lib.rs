@@ -168,6 +168,10 @@ pub async fn serve<H: Handler>(
         shutdown,
     )
     .await;
+    if matches!(outcome, Outcome::Drained) {
+        // A drained worker may be the last one for a while: deliver what is due before exiting.
+        services.events.flush(cfg.grace_period()).await;
+    }
     let totals = services.metrics.flush();
     match outcome {
         Outcome::Drained | Outcome::Shutdown => {

@@ -351,3 +351,44 @@ async fn events_are_published_to_sns_and_eventbridge() {
         serde_json::from_str(envelope["Message"].as_str().expect("message")).expect("event");
     assert_eq!(published, event);
 }
+
+/// Each event type as the worker serialises it is valid under `docs/schemas/event.schema.json`,
+/// and the schema is not vacuous: an `image.done` without its face count is rejected.
+#[test]
+fn events_match_their_schema() {
+    let grouped = Event::gallery_grouped(
+        "g1",
+        GroupedRun {
+            run_number: 1,
+            run_id: "run-0000000001",
+            groups_key: "groups/g1/run-0000000001.json",
+            model_version: "det+emb",
+            face_count: 2,
+            person_count: 1,
+            unassigned_count: 0,
+        },
+    );
+    let failed = Event::image_failed("g1", "x.jpg", "m-1", "permanent", "corrupt");
+    let mut broken = serde_json::to_value(done_event("a.jpg")).expect("json");
+    broken
+        .as_object_mut()
+        .expect("object")
+        .remove("face_count");
+    let events = serde_json::json!({
+        "valid": [done_event("a.jpg"), failed, grouped],
+        "invalid": [broken],
+    });
+    let script = r#"
+import json, sys, jsonschema
+schema = json.load(open("docs/schemas/event.schema.json"))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+data = json.load(sys.stdin)
+bad = [e for e in data["valid"] if not v.is_valid(e)]
+missed = [e for e in data["invalid"] if v.is_valid(e)]
+print(json.dumps({"bad": bad, "missed": missed}))
+"#;
+    let out = run_python(&["-c", script], events.to_string().as_bytes());
+    let result: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(result, serde_json::json!({"bad": [], "missed": []}));
+}

@@ -24,7 +24,9 @@
 //! retrying cannot change: a 4xx other than 408/429, a redirect); `refused` when the callback is
 //! not allowed ([`allow`]), without any request. Two workers never deliver the same event at
 //! once (the claim is one atomic update), and events left by a dead process are picked up by
-//! the next one once their lease runs out.
+//! the next one once their lease runs out. A worker that drains (`--drain`) delivers what is
+//! due before it exits (for at most the grace period); retries scheduled later wait for the
+//! next worker process.
 //!
 //! # Signature
 //!
@@ -445,6 +447,27 @@ impl Events {
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Delivers due events until none is due or `limit` has passed (a draining worker's last
+    /// step; events waiting for a later retry stay for the next worker process).
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                match self.deliver_next().await {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(e) => {
+                        warn!(error = %e, "event outbox unavailable; pending events stay");
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?limit, "events still due at exit stay in the outbox for the next worker");
         }
     }
 
