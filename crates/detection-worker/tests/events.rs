@@ -58,7 +58,8 @@ async fn jobs_finish_while_the_receiver_is_down_and_their_events_arrive_later() 
     )
     .await;
     let (queue, _) = create_queue(&s.sqs, "detect-events", TIMING.visibility, Some(5)).await;
-    s.upload("uploads/obama.jpg", image_bytes("obama.jpg")).await;
+    s.upload("uploads/obama.jpg", image_bytes("obama.jpg"))
+        .await;
     let mut corrupt = image_bytes("biden.jpg");
     corrupt.truncate(300);
     s.upload("uploads/corrupt.jpg", corrupt).await;
@@ -86,13 +87,22 @@ async fn jobs_finish_while_the_receiver_is_down_and_their_events_arrive_later() 
         ],
     );
 
-    s.send(&queue, detection_job(&s, "obama", "uploads/obama.jpg", &callback))
-        .await;
-    s.send(&queue, detection_job(&s, "corrupt", "uploads/corrupt.jpg", &callback))
-        .await;
+    s.send(
+        &queue,
+        detection_job(&s, "obama", "uploads/obama.jpg", &callback),
+    )
+    .await;
+    s.send(
+        &queue,
+        detection_job(&s, "corrupt", "uploads/corrupt.jpg", &callback),
+    )
+    .await;
     let metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
-    s.send(&queue, detection_job(&s, "refused", "uploads/obama.jpg", metadata))
-        .await;
+    s.send(
+        &queue,
+        detection_job(&s, "refused", "uploads/obama.jpg", metadata),
+    )
+    .await;
 
     // Every job finishes and its message is deleted although no callback got through.
     wait_for("all three jobs settled", LIMIT, || async {
@@ -104,17 +114,25 @@ async fn jobs_finish_while_the_receiver_is_down_and_their_events_arrive_later() 
     })
     .await;
     for image in ["obama", "corrupt"] {
-        wait_for(&format!("{image}: a failed attempt counted"), LIMIT, || async {
-            let e = outbox(&s, image).await;
-            e.len() == 1
-                && e[0].get_str("status") == Ok(status::PENDING)
-                && e[0].get_i32("attempts").unwrap_or(0) >= 1
-        })
+        wait_for(
+            &format!("{image}: a failed attempt counted"),
+            LIMIT,
+            || async {
+                let e = outbox(&s, image).await;
+                e.len() == 1
+                    && e[0].get_str("status") == Ok(status::PENDING)
+                    && e[0].get_i32("attempts").unwrap_or(0) >= 1
+            },
+        )
         .await;
     }
     let refused = outbox(&s, "refused").await;
     assert_eq!(refused.len(), 1);
-    assert_eq!(refused[0].get_str("status"), Ok(status::REFUSED), "{refused:?}");
+    assert_eq!(
+        refused[0].get_str("status"),
+        Ok(status::REFUSED),
+        "{refused:?}"
+    );
     assert_eq!(refused[0].get_i32("attempts"), Ok(0), "never attempted");
 
     // The receiver comes up: both events arrive, signed.
@@ -132,9 +150,17 @@ async fn jobs_finish_while_the_receiver_is_down_and_their_events_arrive_later() 
         assert_eq!(r.path, "/facegroup");
         let ts = r.header("x-facegroup-timestamp").expect("timestamp");
         let sig = r.header("x-facegroup-signature").expect("signature");
-        assert!(events::verify_signature(SECRET.as_bytes(), ts, &r.body, sig));
+        assert!(events::verify_signature(
+            SECRET.as_bytes(),
+            ts,
+            &r.body,
+            sig
+        ));
         let body: Value = serde_json::from_slice(&r.body).expect("json");
-        bodies.insert(body["image_id"].as_str().expect("image id").to_string(), body);
+        bodies.insert(
+            body["image_id"].as_str().expect("image id").to_string(),
+            body,
+        );
     }
     let done = &bodies["obama"];
     assert_eq!(done["type"], "image.done");
@@ -148,8 +174,11 @@ async fn jobs_finish_while_the_receiver_is_down_and_their_events_arrive_later() 
     assert_eq!(bodies["corrupt"]["failure"]["class"], "permanent");
 
     // The same job again: a duplicate of a done image records nothing new.
-    s.send(&queue, detection_job(&s, "obama", "uploads/obama.jpg", &callback))
-        .await;
+    s.send(
+        &queue,
+        detection_job(&s, "obama", "uploads/obama.jpg", &callback),
+    )
+    .await;
     wait_for("the duplicate acknowledged", LIMIT, || async {
         queue_counts(&s.sqs, &queue).await == (0, 0)
     })

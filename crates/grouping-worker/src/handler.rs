@@ -267,7 +267,12 @@ impl GroupingHandler {
             run_id: &done.run_id,
             groups_key: &done.key,
             model_version: &self.model_version,
-            face_count: done.groups.persons.iter().map(|p| p.face_ids.len()).sum::<usize>()
+            face_count: done
+                .groups
+                .persons
+                .iter()
+                .map(|p| p.face_ids.len())
+                .sum::<usize>()
                 + done.groups.unassigned.len(),
             person_count: done.groups.persons.len(),
             unassigned_count: done.groups.unassigned.len(),

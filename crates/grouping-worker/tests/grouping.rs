@@ -1003,3 +1003,57 @@ async fn corrections_hold_across_full_and_incremental_regroups_and_redelivery() 
     let run = s.committed_run().await;
     assert_eq!(holder(&run, &split), Some(new));
 }
+
+/// A committed run sends `gallery.grouped` to the job's callback, signed, before a draining
+/// worker exits; its counts and run are the committed run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_run_calls_the_jobs_callback() {
+    const SECRET: &str = "grouping-events-secret";
+    let s = stack("events", None).await;
+    let receiver = HttpReceiver::start(0, &[]).await;
+    for p in 0..2 {
+        s.add_faces(p, 0, 5).await;
+    }
+    s.send(
+        &s.queue,
+        json!({"gallery_id": GALLERY, "mode": "full", "callback": receiver.url("/grouped")}),
+    )
+    .await;
+    let mut worker = s.worker(
+        0,
+        &[
+            ("FACEGROUP_CALLBACK_ALLOWED_HOSTS", "127.0.0.1"),
+            ("FACEGROUP_CALLBACK_ALLOW_LOOPBACK", "true"),
+            ("FACEGROUP_CALLBACK_ALLOW_HTTP", "true"),
+            ("FACEGROUP_CALLBACK_SECRET", SECRET),
+        ],
+    );
+    let status = wait_exit(&mut worker, Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(0));
+
+    let run = s.committed_run().await;
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let r = &got[0];
+    assert_eq!(r.path, "/grouped");
+    let ts = r.header("x-facegroup-timestamp").expect("timestamp");
+    let sig = r.header("x-facegroup-signature").expect("signature");
+    assert!(facegroup_worker::events::verify_signature(
+        SECRET.as_bytes(),
+        ts,
+        &r.body,
+        sig
+    ));
+    let event: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(event["type"], "gallery.grouped");
+    assert_eq!(event["gallery_id"], GALLERY);
+    assert_eq!(event["run_number"], run["run_number"]);
+    assert_eq!(event["run_id"], run["run_id"]);
+    assert_eq!(event["person_count"], 2);
+    assert_eq!(event["face_count"], 10);
+    let entries = s
+        .find("huemn", "event_outbox", doc! {"type": "gallery.grouped"})
+        .await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].get_str("status"), Ok("delivered"));
+}

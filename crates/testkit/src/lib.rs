@@ -25,16 +25,18 @@ pub mod temp;
 
 #[cfg(feature = "aws")]
 pub mod aws;
-#[cfg(feature = "stack")]
-pub mod stack;
 #[cfg(feature = "tokio")]
 pub mod receiver;
+#[cfg(feature = "stack")]
+pub mod stack;
 #[cfg(feature = "tokio")]
 mod wait;
 
 #[cfg(feature = "aws")]
 pub use aws::{create_queue, moto_loader, queue_counts, s3_bytes, s3_json, s3_objects, sdk_config};
 pub use paths::{heif_enc, image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
+#[cfg(feature = "tokio")]
+pub use receiver::{HttpReceiver, Received};
 pub use rng::{normalise, Rng};
 pub use server::{
     free_port, mongo_uri, start_mongo, start_mongo_on, start_moto, start_moto_with, worker_env,
@@ -43,7 +45,5 @@ pub use server::{
 #[cfg(feature = "stack")]
 pub use stack::{CrashRun, TestStack, WorkerTiming, REFERENCE};
 pub use temp::TempDir;
-#[cfg(feature = "tokio")]
-pub use receiver::{HttpReceiver, Received};
 #[cfg(feature = "tokio")]
 pub use wait::{wait_exit, wait_for};

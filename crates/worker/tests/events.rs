@@ -138,8 +138,14 @@ async fn a_callback_is_signed_and_retried_after_a_500() {
     let got = receiver.requests();
     assert_eq!(got.len(), 2, "one 500, then the 200");
     for r in &got {
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/hooks/facegroup?k=1"));
-        assert_eq!(r.header("x-facegroup-event-id"), Some(event.event_id.as_str()));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/hooks/facegroup?k=1")
+        );
+        assert_eq!(
+            r.header("x-facegroup-event-id"),
+            Some(event.event_id.as_str())
+        );
         assert_eq!(r.header("x-facegroup-event-type"), Some("image.done"));
         assert_signed(r);
         let body: Event = serde_json::from_slice(&r.body).expect("event JSON");
@@ -148,7 +154,10 @@ async fn a_callback_is_signed_and_retried_after_a_500() {
 
     // A redelivered job records the same event again: nothing new is written or sent.
     events
-        .record(&done_event("a.jpg"), Some(&receiver.url("/hooks/facegroup?k=1")))
+        .record(
+            &done_event("a.jpg"),
+            Some(&receiver.url("/hooks/facegroup?k=1")),
+        )
         .await
         .expect("record again");
     assert_eq!(
@@ -162,7 +171,13 @@ async fn a_callback_is_signed_and_retried_after_a_500() {
         .await
         .expect("record");
     world.wait_status(&later.event_id, status::DELIVERED).await;
-    assert_eq!(world.callback_entry(&event.event_id).await.get_str("status"), Ok("delivered"));
+    assert_eq!(
+        world
+            .callback_entry(&event.event_id)
+            .await
+            .get_str("status"),
+        Ok("delivered")
+    );
     assert_eq!(receiver.requests().len(), 3);
 }
 
@@ -180,7 +195,10 @@ async fn a_callback_to_a_host_not_allowed_is_never_attempted() {
 
     let cases = [
         ("not-listed.jpg", format!("http://127.0.0.1:{port}/")),
-        ("metadata.jpg", "http://169.254.169.254/latest/meta-data/".to_string()),
+        (
+            "metadata.jpg",
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+        ),
         ("rebinding.jpg", format!("http://localhost:{port}/")),
     ];
     for (image, url) in &cases {
@@ -234,7 +252,10 @@ async fn two_delivery_tasks_send_each_event_once() {
     for i in 0..12 {
         let e = done_event(&format!("{i}.jpg"));
         let recorder = if i % 2 == 0 { &a } else { &b };
-        recorder.record(&e, Some(&receiver.url("/"))).await.expect("record");
+        recorder
+            .record(&e, Some(&receiver.url("/")))
+            .await
+            .expect("record");
         ids.push(e.event_id);
     }
     for id in &ids {
@@ -346,7 +367,10 @@ async fn events_are_published_to_sns_and_eventbridge() {
     let envelope: serde_json::Value =
         serde_json::from_str(received[0].body().expect("body")).expect("SNS envelope");
     assert_eq!(envelope["TopicArn"], topic.as_str());
-    assert_eq!(envelope["MessageAttributes"]["event_type"]["Value"], "gallery.grouped");
+    assert_eq!(
+        envelope["MessageAttributes"]["event_type"]["Value"],
+        "gallery.grouped"
+    );
     let published: Event =
         serde_json::from_str(envelope["Message"].as_str().expect("message")).expect("event");
     assert_eq!(published, event);
@@ -370,10 +394,7 @@ fn events_match_their_schema() {
     );
     let failed = Event::image_failed("g1", "x.jpg", "m-1", "permanent", "corrupt");
     let mut broken = serde_json::to_value(done_event("a.jpg")).expect("json");
-    broken
-        .as_object_mut()
-        .expect("object")
-        .remove("face_count");
+    broken.as_object_mut().expect("object").remove("face_count");
     let events = serde_json::json!({
         "valid": [done_event("a.jpg"), failed, grouped],
         "invalid": [broken],

@@ -66,9 +66,7 @@ pub fn check_url(cfg: &EventsConfig, url: &str) -> Result<Target, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         check_ip(cfg, ip)?;
     }
-    let port = authority
-        .port_u16()
-        .unwrap_or(if https { 443 } else { 80 });
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -166,7 +164,10 @@ pub async fn resolve(cfg: &EventsConfig, target: &Target) -> Result<Vec<SocketAd
     }
     for a in &addrs {
         check_ip(cfg, a.ip()).map_err(|e| {
-            ResolveError::Refused(format!("{} resolves to a refused address: {e}", target.host))
+            ResolveError::Refused(format!(
+                "{} resolves to a refused address: {e}",
+                target.host
+            ))
         })?;
     }
     Ok(addrs)
@@ -191,16 +192,19 @@ mod tests {
 
     #[test]
     fn only_allowed_hosts_and_schemes_pass() {
-        let c = cfg(&["--callback-allowed-hosts", "hooks.example.com,*.corp.example"]);
+        let c = cfg(&[
+            "--callback-allowed-hosts",
+            "hooks.example.com,*.corp.example",
+        ]);
         let t = check_url(&c, "https://hooks.example.com/cb?x=1").expect("allowed");
         assert_eq!((t.port, t.path.as_str()), (443, "/cb?x=1"));
         assert!(check_url(&c, "https://HOOKS.example.com.").is_ok());
         assert!(check_url(&c, "https://a.corp.example:8443/").is_ok());
         for bad in [
-            "https://corp.example/",          // the wildcard is for subdomains only
-            "https://evilcorp.example/",      // not a subdomain
+            "https://corp.example/",     // the wildcard is for subdomains only
+            "https://evilcorp.example/", // not a subdomain
             "https://hooks.example.com.evil/",
-            "http://hooks.example.com/",      // plain http not allowed by default
+            "http://hooks.example.com/", // plain http not allowed by default
             "ftp://hooks.example.com/",
             "https://user:pw@hooks.example.com/",
             "hooks.example.com/cb",
@@ -242,7 +246,11 @@ mod tests {
     async fn every_resolved_address_is_checked() {
         // `localhost` resolves to loopback: refused unless loopback is allowed, although the
         // name itself is on the list (what a rebinding name pointing inside would look like).
-        let c = cfg(&["--callback-allowed-hosts", "localhost", "--callback-allow-http"]);
+        let c = cfg(&[
+            "--callback-allowed-hosts",
+            "localhost",
+            "--callback-allow-http",
+        ]);
         let t = check_url(&c, "http://localhost:9/").expect("name allowed");
         assert!(matches!(
             resolve(&c, &t).await,

@@ -54,7 +54,11 @@ pub struct EventsConfig {
     pub callback_allowed_hosts: Vec<String>,
 
     /// Also allow loopback addresses (127.0.0.0/8, ::1), for local receivers and tests.
-    #[arg(long, env = "FACEGROUP_CALLBACK_ALLOW_LOOPBACK", default_value_t = false)]
+    #[arg(
+        long,
+        env = "FACEGROUP_CALLBACK_ALLOW_LOOPBACK",
+        default_value_t = false
+    )]
     pub callback_allow_loopback: bool,
 
     /// Also allow plain `http://` callbacks (default: `https://` only).
@@ -117,7 +121,9 @@ impl EventsConfig {
         }
         let secret_empty = self.callback_secret.as_ref().is_none_or(|s| s.0.is_empty());
         if !self.callback_allowed_hosts.is_empty() && secret_empty {
-            return bad("callback hosts are allowed but FACEGROUP_CALLBACK_SECRET is not set".into());
+            return bad(
+                "callback hosts are allowed but FACEGROUP_CALLBACK_SECRET is not set".into(),
+            );
         }
         if self.callback_timeout_secs == 0 {
             return bad("callback timeout must be positive".into());
@@ -236,12 +242,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.to_string().contains("hunter2"));
         for bad in ["https://a.example", "a.example:443", "*"] {
-            let c = parse(&[
-                "--callback-allowed-hosts",
-                bad,
-                "--callback-secret",
-                "s",
-            ]);
+            let c = parse(&["--callback-allowed-hosts", bad, "--callback-secret", "s"]);
             assert!(c.validate().is_err(), "{bad}");
         }
         let c = parse(&["--events-lease-secs", "10"]);

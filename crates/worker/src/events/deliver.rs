@@ -73,7 +73,9 @@ fn classify(code: http::StatusCode) -> Attempt {
     if code.is_success() {
         Attempt::Delivered
     } else if code.is_redirection() {
-        Attempt::Dead(format!("callback answered {code}; redirects are not followed"))
+        Attempt::Dead(format!(
+            "callback answered {code}; redirects are not followed"
+        ))
     } else if code.is_server_error()
         || code == http::StatusCode::REQUEST_TIMEOUT
         || code == http::StatusCode::TOO_MANY_REQUESTS
@@ -117,7 +119,10 @@ async fn send(
     }
 }
 
-async fn exchange<S>(stream: S, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
+async fn exchange<S>(
+    stream: S,
+    request: http::Request<Full<Bytes>>,
+) -> Result<http::StatusCode, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -225,7 +230,10 @@ mod tests {
         use http::StatusCode as S;
         assert!(matches!(classify(S::OK), Attempt::Delivered));
         assert!(matches!(classify(S::NO_CONTENT), Attempt::Delivered));
-        assert!(matches!(classify(S::INTERNAL_SERVER_ERROR), Attempt::Retry(_)));
+        assert!(matches!(
+            classify(S::INTERNAL_SERVER_ERROR),
+            Attempt::Retry(_)
+        ));
         assert!(matches!(classify(S::TOO_MANY_REQUESTS), Attempt::Retry(_)));
         assert!(matches!(classify(S::FOUND), Attempt::Dead(_)));
         assert!(matches!(classify(S::BAD_REQUEST), Attempt::Dead(_)));

@@ -63,8 +63,8 @@ pub use config::{EventsConfig, Secret};
 
 use crate::error::{JobError, StoreError};
 use crate::jobs::{DetectionJob, GroupingJob};
-use crate::sqs::Message;
 use crate::mongo::{MongoStore, STATUS_DB};
+use crate::sqs::Message;
 
 pub const OUTBOX_COLLECTION: &str = "event_outbox";
 
@@ -214,7 +214,11 @@ impl Event {
     /// A gallery's grouping run committed (run numbers are never reused in a gallery).
     pub fn gallery_grouped(gallery_id: &str, run: GroupedRun<'_>) -> Self {
         let number = run.run_number.to_string();
-        let mut e = Self::base(EventType::GalleryGrouped, &[gallery_id, &number], gallery_id);
+        let mut e = Self::base(
+            EventType::GalleryGrouped,
+            &[gallery_id, &number],
+            gallery_id,
+        );
         e.run_number = Some(run.run_number);
         e.run_id = Some(run.run_id.to_string());
         e.groups_key = Some(run.groups_key.to_string());
@@ -467,7 +471,10 @@ impl Events {
         })
         .await;
         if drained.is_err() {
-            warn!(?limit, "events still due at exit stay in the outbox for the next worker");
+            warn!(
+                ?limit,
+                "events still due at exit stay in the outbox for the next worker"
+            );
         }
     }
 
@@ -571,7 +578,9 @@ impl Events {
             (status::PENDING, Some(e)) => {
                 warn!(outbox_id = id, attempts, error = %e, "event delivery failed; will retry")
             }
-            (_, e) => warn!(outbox_id = id, attempts, status = state, error = ?e, "event not delivered"),
+            (_, e) => {
+                warn!(outbox_id = id, attempts, status = state, error = ?e, "event not delivered")
+            }
         }
         self.inner
             .outbox
@@ -768,6 +777,11 @@ mod tests {
         assert!(verify_signature(b"k", "1700000000", b"{\"a\":1}", &sig));
         assert!(!verify_signature(b"k", "1700000001", b"{\"a\":1}", &sig));
         assert!(!verify_signature(b"k", "1700000000", b"{\"a\":2}", &sig));
-        assert!(!verify_signature(b"other", "1700000000", b"{\"a\":1}", &sig));
+        assert!(!verify_signature(
+            b"other",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig
+        ));
     }
 }
