@@ -23,8 +23,9 @@ if ! .venv/bin/python -c "import onnxruntime, onnx, sys; sys.exit(onnxruntime.__
     .venv/bin/pip install --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
 fi
 # Real servers for the worker integration tests (crates/worker, crates/detection-worker): moto
-# for SQS + S3 (5.2.5: 5.2.1 breaks the Rust SDK's multipart completion) and SecantusDB, a
-# MongoDB wire-protocol server. The tests start and stop them themselves.
+# for SQS + S3 + SNS + EventBridge (5.2.5: 5.2.1 breaks the Rust SDK's multipart completion) and
+# SecantusDB, a MongoDB wire-protocol server. The tests start and stop them themselves. moto[server]
+# also brings jsonschema, which the event schema test (crates/worker/tests/events.rs) uses.
 MOTO_VERSION="5.2.5"
 SECANTUS_VERSION="0.7.0b3"
 if ! .venv/bin/python - "$MOTO_VERSION" "$SECANTUS_VERSION" 2>/dev/null <<'PY'

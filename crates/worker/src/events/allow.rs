@@ -60,7 +60,7 @@ pub fn check_url(cfg: &EventsConfig, url: &str) -> Result<Target, String> {
     if host.is_empty() {
         return Err("callback URL has no host".into());
     }
-    if !host_allowed(&cfg.callback_allowed_hosts, &host) {
+    if !host_allowed(cfg.allowed_hosts(), &host) {
         return Err(format!("callback host {host:?} is not in the allow-list"));
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -82,9 +82,13 @@ pub fn check_url(cfg: &EventsConfig, url: &str) -> Result<Target, String> {
 }
 
 /// Exact host, or `*.domain` matching any subdomain of `domain` (not `domain` itself).
-pub fn host_allowed(allowed: &[String], host: &str) -> bool {
-    allowed.iter().any(|a| {
-        let a = a.trim().trim_end_matches('.').to_ascii_lowercase();
+pub fn host_allowed<'a>(mut allowed: impl Iterator<Item = &'a str>, host: &str) -> bool {
+    allowed.any(|a| {
+        let a = a
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         match a.strip_prefix("*.") {
             Some(domain) => host
                 .strip_suffix(domain)

@@ -111,16 +111,20 @@ impl EventsConfig {
     /// Rejects values delivery cannot run with.
     pub fn validate(&self) -> Result<(), WorkerError> {
         let bad = |msg: String| Err(WorkerError::Config(msg));
-        for h in &self.callback_allowed_hosts {
+        for h in self.allowed_hosts() {
+            let literal = h.trim_start_matches('[').trim_end_matches(']');
+            if literal.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
             let name = h.strip_prefix("*.").unwrap_or(h);
-            if name.is_empty() || name.contains(['/', ':', '@', '*', ' ']) {
+            if name.is_empty() || name.contains(['/', ':', '@', '*', ' ', '[', ']']) {
                 return bad(format!(
                     "callback allowed host {h:?}: expected `host` or `*.domain` (no scheme, port or path)"
                 ));
             }
         }
         let secret_empty = self.callback_secret.as_ref().is_none_or(|s| s.0.is_empty());
-        if !self.callback_allowed_hosts.is_empty() && secret_empty {
+        if self.allowed_hosts().next().is_some() && secret_empty {
             return bad(
                 "callback hosts are allowed but FACEGROUP_CALLBACK_SECRET is not set".into(),
             );
@@ -152,6 +156,14 @@ impl EventsConfig {
             return bad("EventBridge bus name is empty".into());
         }
         Ok(())
+    }
+
+    /// The allow-list's entries, trimmed, blanks skipped (an empty variable allows nothing).
+    pub fn allowed_hosts(&self) -> impl Iterator<Item = &str> {
+        self.callback_allowed_hosts
+            .iter()
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -241,6 +253,16 @@ mod tests {
         c.validate().expect("valid");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.to_string().contains("hunter2"));
+        let c = parse(&["--callback-allowed-hosts", ""]);
+        c.validate().expect("an empty list needs no secret");
+        assert_eq!(c.allowed_hosts().count(), 0);
+        let c = parse(&[
+            "--callback-allowed-hosts",
+            "10.0.0.5,[fd00::5]",
+            "--callback-secret",
+            "s",
+        ]);
+        c.validate().expect("IP literals may be listed");
         for bad in ["https://a.example", "a.example:443", "*"] {
             let c = parse(&["--callback-allowed-hosts", bad, "--callback-secret", "s"]);
             assert!(c.validate().is_err(), "{bad}");

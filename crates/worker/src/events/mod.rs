@@ -7,10 +7,13 @@
 //!
 //! A job does not deliver anything itself: it writes the event into the outbox,
 //! `huemn.event_outbox` (one document per event and target, `_id` = `{event_id}/{target}`), as a
-//! step of recording its outcome, before its SQS message is deleted: the detection worker just
-//! before `mark_done` (or in `record_failure`), the grouping worker after its run committed. So
-//! a crash after the outcome never loses the event: either the outbox write happened, or the
-//! message comes back and the job runs (and writes it) again. The event id is derived from what
+//! step of recording its outcome, before its SQS message is deleted: the detection worker right
+//! after `mark_done` (so a receiver that reads the status finds it done; a job that dies in
+//! between is redelivered, finds the image done and records the event from the status document)
+//! or in `record_failure`; the grouping worker after its run's writes (a job that dies before is
+//! rerun and its new run records its own event). So a crash after the outcome never loses the
+//! event: either the outbox write happened, or the message comes back and writes it. The
+//! event id is derived from what
 //! the event is about (image: gallery, image, object and model version; failure: the SQS message
 //! id; grouping: gallery and run number), and the write is an upsert that only sets fields on
 //! insert, so a redelivered job never duplicates an event nor resets its delivery state.
