@@ -207,11 +207,6 @@ impl Handler for DetectionHandler {
         {
             Begin::Run => {}
             Begin::AlreadyDone => {
-                // Completes an attempt that died between `mark_done` and its event.
-                self.services
-                    .events
-                    .image_done_again(&self.services.mongo, &job, self.pool.model_version())
-                    .await?;
                 info!(image_id = %job.image_id, gallery_id = %job.gallery_id, "duplicate delivery of a done image; acknowledged");
                 return Ok(JobReport::default());
             }
@@ -280,11 +275,16 @@ impl Handler for DetectionHandler {
             self.maybe_enqueue_grouping(&job.gallery_id, &job.image_id, faces.len())
                 .await?;
         }
+        // The event goes out once the status says done (a rerun records the same one again).
+        self.services
+            .events
+            .image_done(&job, model_version, faces.len())
+            .await?;
         fault::pause_point("before_mark_done").await;
         // Deleted while this job ran: the tombstone (the gallery's, or the image's, which
         // `mark_done` never overwrites) came after some of the writes above, so erase them (the
-        // deletion erased those before it). `mark_done` is the last write of the image's data;
-        // only its event follows (a redelivery that finds the image done records it again).
+        // deletion erased those before it). `mark_done` stays the last write of a live image:
+        // nothing after it can be cut off by a shutdown.
         if self.services.mongo.gallery_deleted(&job.gallery_id).await?
             || !self
                 .services
@@ -295,10 +295,6 @@ impl Handler for DetectionHandler {
             return self.drop_deleted(&job).await;
         }
         fault::crash_point("after_mark_done");
-        self.services
-            .events
-            .image_done(&job, model_version, faces.len())
-            .await?;
         info!(image_id = %job.image_id, gallery_id = %job.gallery_id, faces = faces.len(), "image done");
         Ok(JobReport {
             images: 1,

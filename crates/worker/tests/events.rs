@@ -63,6 +63,20 @@ impl World {
         events
     }
 
+    /// Sets image `image`'s status document to `status` (what the detection worker writes).
+    async fn image_is(&self, image: &str, status: &str) {
+        self.db
+            .database(facegroup_worker::mongo::STATUS_DB)
+            .collection::<Document>(facegroup_worker::mongo::IMAGES_COLLECTION)
+            .update_one(
+                doc! {"_id": facegroup_worker::mongo::image_key("g1", image)},
+                doc! {"$set": {"status": status, "gallery_id": "g1", "image_id": image}},
+            )
+            .upsert(true)
+            .await
+            .expect("image status");
+    }
+
     async fn outbox(&self, filter: Document) -> Vec<Document> {
         use futures::TryStreamExt;
         self.db
@@ -127,6 +141,8 @@ async fn a_callback_is_signed_and_retried_after_a_500() {
     let world = World::start().await;
     let receiver = HttpReceiver::start(0, &[500]).await;
     let events = world.events(config(), &no_aws()).await;
+    world.image_is("a.jpg", "done").await;
+    world.image_is("b.jpg", "done").await;
     let event = done_event("a.jpg");
     events
         .record(&event, Some(&receiver.url("/hooks/facegroup?k=1")))
@@ -202,6 +218,7 @@ async fn a_callback_to_a_host_not_allowed_is_never_attempted() {
         ("rebinding.jpg", format!("http://localhost:{port}/")),
     ];
     for (image, url) in &cases {
+        world.image_is(image, "done").await;
         let e = done_event(image);
         events.record(&e, Some(url)).await.expect("record");
         let entry = world.wait_status(&e.event_id, status::REFUSED).await;
@@ -242,6 +259,46 @@ async fn while_the_receiver_is_down_the_event_waits_then_arrives() {
     assert_eq!(body["failure"]["reason"], "not an image");
 }
 
+/// The detection worker records `image.done` just before it marks the image done: the event
+/// waits for the status, and is cancelled when the image ends deleted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_done_goes_out_once_the_status_says_done() {
+    let world = World::start().await;
+    let receiver = HttpReceiver::start(0, &[]).await;
+    let events = world.events(config(), &no_aws()).await;
+    world.image_is("slow.jpg", "pending").await;
+    world.image_is("gone.jpg", "pending").await;
+    let slow = done_event("slow.jpg");
+    let gone = done_event("gone.jpg");
+    events
+        .record(&slow, Some(&receiver.url("/")))
+        .await
+        .expect("record");
+    events
+        .record(&gone, Some(&receiver.url("/")))
+        .await
+        .expect("record");
+
+    // Still pending after the delivery's wait: retried later, nothing sent.
+    wait_for("a retry while the image is pending", LIMIT, || async {
+        let e = world.callback_entry(&slow.event_id).await;
+        e.get_str("status") == Ok(status::PENDING) && e.get_i32("attempts").unwrap_or(0) >= 1
+    })
+    .await;
+    assert!(receiver.requests().is_empty());
+
+    world.image_is("gone.jpg", "deleted").await;
+    world.wait_status(&gone.event_id, status::CANCELLED).await;
+    world.image_is("slow.jpg", "done").await;
+    world.wait_status(&slow.event_id, status::DELIVERED).await;
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1, "only the done image's event");
+    assert_eq!(
+        got[0].header("x-facegroup-event-id"),
+        Some(slow.event_id.as_str())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_delivery_tasks_send_each_event_once() {
     let world = World::start().await;
@@ -250,6 +307,7 @@ async fn two_delivery_tasks_send_each_event_once() {
     let b = world.events(config(), &no_aws()).await;
     let mut ids = Vec::new();
     for i in 0..12 {
+        world.image_is(&format!("{i}.jpg"), "done").await;
         let e = done_event(&format!("{i}.jpg"));
         let recorder = if i % 2 == 0 { &a } else { &b };
         recorder

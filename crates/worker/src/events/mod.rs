@@ -7,10 +7,11 @@
 //!
 //! A job does not deliver anything itself: it writes the event into the outbox,
 //! `huemn.event_outbox` (one document per event and target, `_id` = `{event_id}/{target}`), as a
-//! step of recording its outcome, before its SQS message is deleted: the detection worker right
-//! after `mark_done` (so a receiver that reads the status finds it done; a job that dies in
-//! between is redelivered, finds the image done and records the event from the status document)
-//! or in `record_failure`; the grouping worker after its run's writes (a job that dies before is
+//! step of recording its outcome, before its SQS message is deleted: the detection worker just
+//! before `mark_done` (which stays its last write, so a shutdown cannot cut a done image's job
+//! short after it; an `image.done` goes out only once the status says done, and is cancelled if
+//! the image ends failed or deleted instead) or in `record_failure`; the grouping worker after
+//! its run's writes (a job that dies before is
 //! rerun and its new run records its own event). So a crash after the outcome never loses the
 //! event: either the outbox write happened, or the message comes back and writes it. The
 //! event id is derived from what
@@ -25,7 +26,8 @@
 //! delivers it with a timeout, and settles it: `delivered`; `pending` again with the next
 //! attempt after an exponential backoff; `dead` after the last attempt (or on an answer that
 //! retrying cannot change: a 4xx other than 408/429, a redirect); `refused` when the callback is
-//! not allowed ([`allow`]), without any request. Two workers never deliver the same event at
+//! not allowed ([`allow`]), without any request; `cancelled` when an `image.done`'s image ended
+//! failed or deleted. Two workers never deliver the same event at
 //! once (the claim is one atomic update), and events left by a dead process are picked up by
 //! the next one once their lease runs out. A worker that drains (`--drain`) delivers what is
 //! due before it exits (for at most the grace period); retries scheduled later wait for the
@@ -278,6 +280,8 @@ pub mod status {
     pub const DELIVERED: &str = "delivered";
     pub const DEAD: &str = "dead";
     pub const REFUSED: &str = "refused";
+    /// An `image.done` whose image ended failed or deleted before the event went out.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// The events of one worker process: records into the outbox, and delivers from it. Cheap to
@@ -289,6 +293,8 @@ pub struct Events {
 
 struct Inner {
     outbox: Collection<Document>,
+    /// The images' status documents (`image.done` waits for `done`).
+    images: Collection<Document>,
     cfg: EventsConfig,
     sns: Option<aws_sdk_sns::Client>,
     eventbridge: Option<aws_sdk_eventbridge::Client>,
@@ -325,6 +331,7 @@ impl Events {
         Self {
             inner: Arc::new(Inner {
                 outbox,
+                images: mongo.images().clone(),
                 cfg,
                 sns,
                 eventbridge,
@@ -549,6 +556,7 @@ impl Events {
         let (state, error, next) = match outcome {
             Attempt::Delivered => (status::DELIVERED, None, None),
             Attempt::Refused(why) => (status::REFUSED, Some(why), None),
+            Attempt::Cancelled(why) => (status::CANCELLED, Some(why), None),
             Attempt::Dead(why) => (status::DEAD, Some(why), None),
             Attempt::Retry(why) if attempts >= cfg.events_max_attempts => (
                 status::DEAD,
@@ -604,6 +612,11 @@ impl Events {
         let event_type = doc.get_str("type").unwrap_or("unknown");
         let event_id = doc.get_str("event_id").unwrap_or("unknown");
         let cfg = &self.inner.cfg;
+        if event_type == EventType::ImageDone.as_str() {
+            if let Some(not_yet) = self.image_done_yet(doc).await {
+                return not_yet;
+            }
+        }
         match target {
             Some(TargetKind::Callback) => {
                 let Some(url) = doc.get_str("url").ok() else {
@@ -628,7 +641,8 @@ impl Events {
 
 /// The workers' calls, one per outcome (each an idempotent outbox write, see the module docs).
 impl Events {
-    /// Image done: recorded after `mark_done`, before the message is deleted.
+    /// Image done: recorded just before `mark_done` (which stays the job's last write); the
+    /// delivery waits for the status to say done.
     pub async fn image_done(
         &self,
         job: &DetectionJob,
@@ -644,30 +658,6 @@ impl Events {
             face_count,
         );
         self.record(&event, job.callback.as_deref()).await
-    }
-
-    /// A duplicate delivery of a done image: records its `image.done` again from the status
-    /// document (a no-op when it is in the outbox already), which completes an attempt that
-    /// died between `mark_done` and [`image_done`](Self::image_done).
-    pub async fn image_done_again(
-        &self,
-        mongo: &MongoStore,
-        job: &DetectionJob,
-        model_version: &str,
-    ) -> Result<(), StoreError> {
-        let status = mongo
-            .images()
-            .find_one(doc! {"_id": crate::mongo::image_key(&job.gallery_id, &job.image_id)})
-            .await?;
-        let faces = status.as_ref().and_then(|d| match d.get("face_count") {
-            Some(mongodb::bson::Bson::Int32(n)) => usize::try_from(*n).ok(),
-            Some(mongodb::bson::Bson::Int64(n)) => usize::try_from(*n).ok(),
-            _ => None,
-        });
-        match faces {
-            Some(n) => self.image_done(job, model_version, n).await,
-            None => Ok(()),
-        }
     }
 
     /// Image failed for good: recorded by `record_failure`, before the message is deleted. The
@@ -707,12 +697,59 @@ pub fn callback_of(body: &str) -> Option<String> {
     Some(v.get("callback")?.as_str()?.to_string())
 }
 
+impl Events {
+    /// `None` when the `image.done` of `doc` may go out: its image's status says done. The job
+    /// records the event just before `mark_done`, so a delivery that claims it at once usually
+    /// finds the status a moment behind: it waits up to [`STATUS_WAIT`] for it. Still pending
+    /// after that, the job died in between (its redelivery will finish it): retried later.
+    /// Failed, deleted or gone: the event no longer holds and is cancelled.
+    async fn image_done_yet(&self, doc: &Document) -> Option<Attempt> {
+        let (Ok(gallery), Ok(image)) = (doc.get_str("gallery_id"), doc.get_str("image_id")) else {
+            return Some(Attempt::Dead(
+                "image event without gallery or image id".into(),
+            ));
+        };
+        let key = crate::mongo::image_key(gallery, image);
+        let deadline = tokio::time::Instant::now() + STATUS_WAIT;
+        loop {
+            let found = match self.inner.images.find_one(doc! {"_id": &key}).await {
+                Ok(found) => found,
+                Err(e) => return Some(Attempt::Retry(format!("reading the image status: {e}"))),
+            };
+            let state = found
+                .as_ref()
+                .and_then(|d| d.get_str("status").ok())
+                .map(str::to_string);
+            match state.as_deref() {
+                Some("done") => return None,
+                Some("pending") if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Some("pending") => {
+                    return Some(Attempt::Retry("the image is not marked done yet".into()))
+                }
+                other => {
+                    return Some(Attempt::Cancelled(format!(
+                        "the image is {} now, not done",
+                        other.unwrap_or("gone")
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// How long a delivery waits for an image's status to turn done (see `image_done_yet`).
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How one attempt ended.
 #[derive(Debug)]
 enum Attempt {
     Delivered,
     /// Not allowed (see [`allow`]): no request was made, and none will be.
     Refused(String),
+    /// The event no longer holds (its image failed or was deleted before it went out).
+    Cancelled(String),
     /// Retrying cannot help (a 4xx answer, a redirect, a malformed entry).
     Dead(String),
     /// A timeout, a connection error, a 5xx, 408 or 429: tried again after the backoff.
