@@ -7,7 +7,8 @@
 //! applies the correction to both (`facegroup_core::Corrections::apply`: only the persons it
 //! names change, nothing is re-clustered), stores the touched persons' facts, and commits the
 //! edited grouping as a new run under its lease token; then, like a grouping job, it writes the
-//! person ids on the faces (fenced by the run number) and `latest.json`. Every later grouping
+//! person ids on the faces (fenced by the run number), `latest.json` and the `gallery.grouped`
+//! event (to the configured SNS/EventBridge targets). Every later grouping
 //! job reads the stored facts as constraints, so the correction holds across full and
 //! incremental runs.
 //!
@@ -17,9 +18,10 @@
 //! an unchanged grouping commits nothing. A correction naming a person or face that is not in
 //! the committed grouping is refused (permanent) and changes nothing.
 
+use facegroup_core::GroupMode;
 use facegroup_core::Groups;
 use facegroup_worker::gallery::{GroupingState, Lease, Rerun};
-use facegroup_worker::jobs::CorrectionJob;
+use facegroup_worker::jobs::{CorrectionJob, GroupingJob};
 use facegroup_worker::{JobError, JobReport, Message};
 use tracing::{info, warn};
 
@@ -65,6 +67,15 @@ impl GroupingHandler {
             self.write_latest(gallery_id, c).await?;
             self.delete_uncommitted_runs(gallery_id, previous_run, c.run_number)
                 .await;
+            // The persons changed: apps learn it as from any committed grouping (the
+            // configured targets; a correction carries no callback).
+            let as_job = GroupingJob {
+                gallery_id: gallery_id.clone(),
+                mode: GroupMode::Full,
+                min_quality: None,
+                callback: None,
+            };
+            self.announce(&as_job, c).await?;
         }
         if let Some(rerun) = rerun {
             self.follow_up(gallery_id, rerun).await?;

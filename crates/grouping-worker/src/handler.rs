@@ -262,22 +262,7 @@ impl GroupingHandler {
         fault::crash_point("after_put_latest");
         self.delete_uncommitted_runs(&job.gallery_id, previous_run, done.run_number)
             .await;
-        let run = GroupedRun {
-            run_number: done.run_number,
-            run_id: &done.run_id,
-            groups_key: &done.key,
-            model_version: &self.model_version,
-            face_count: done
-                .groups
-                .persons
-                .iter()
-                .map(|p| p.face_ids.len())
-                .sum::<usize>()
-                + done.groups.unassigned.len(),
-            person_count: done.groups.persons.len(),
-            unassigned_count: done.groups.unassigned.len(),
-        };
-        self.services.events.gallery_grouped(job, run).await?;
+        self.announce(job, &done).await?;
         if let Some(rerun) = done.rerun {
             self.follow_up(&job.gallery_id, rerun).await?;
         }
@@ -294,6 +279,32 @@ impl GroupingHandler {
             images: 0,
             faces: faces as u64,
         })
+    }
+
+    /// Records the `gallery.grouped` event of committed run `done` (to `job`'s callback and
+    /// the configured targets).
+    pub(crate) async fn announce(
+        &self,
+        job: &GroupingJob,
+        done: &Committed,
+    ) -> Result<(), JobError> {
+        let run = GroupedRun {
+            run_number: done.run_number,
+            run_id: &done.run_id,
+            groups_key: &done.key,
+            model_version: &self.model_version,
+            face_count: done
+                .groups
+                .persons
+                .iter()
+                .map(|p| p.face_ids.len())
+                .sum::<usize>()
+                + done.groups.unassigned.len(),
+            person_count: done.groups.persons.len(),
+            unassigned_count: done.groups.unassigned.len(),
+        };
+        self.services.events.gallery_grouped(job, run).await?;
+        Ok(())
     }
 
     /// Steps 2-4 of the module docs; ends with the lease released (nothing may follow the
