@@ -1,7 +1,8 @@
 //! Events against real servers: the outbox in SecantusDB, callbacks to a local HTTP receiver
 //! (signature verified, retried after a 500, never sent to a host that is not allowed, pending
 //! while the receiver is down and delivered once it is up), two delivery tasks sharing one
-//! outbox, and SNS (moto, with an SQS queue subscribed to the topic) and EventBridge targets.
+//! outbox, and SNS (moto, with an SQS queue subscribed to the topic) and EventBridge (a rule on
+//! the bus routing to an SQS queue) targets.
 
 use std::time::Duration;
 
@@ -370,6 +371,38 @@ async fn events_are_published_to_sns_and_eventbridge() {
         .send()
         .await
         .expect("create bus");
+    // A rule on the bus routes facegroup's events to a second queue.
+    let (bus_queue, _) = create_queue(&sqs, "events-from-bus", 30, None).await;
+    let bus_queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&bus_queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .expect("queue ARN");
+    eb.put_rule()
+        .name("to-queue")
+        .event_bus_name("facegroup")
+        .event_pattern(r#"{"source": ["facegroup"]}"#)
+        .send()
+        .await
+        .expect("put rule");
+    eb.put_targets()
+        .rule("to-queue")
+        .event_bus_name("facegroup")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&bus_queue_arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("put targets");
 
     let mut cfg = config();
     cfg.events_sns_topic_arn = Some(topic.clone());
@@ -407,21 +440,7 @@ async fn events_are_published_to_sns_and_eventbridge() {
     );
 
     // The subscribed queue got the SNS notification with the event JSON as its message.
-    let received = std::sync::Mutex::new(Vec::new());
-    wait_for("the SNS notification on the queue", LIMIT, || async {
-        let out = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        let mut got = received.lock().expect("lock");
-        got.extend(out.messages.unwrap_or_default());
-        !got.is_empty()
-    })
-    .await;
-    let received = received.into_inner().expect("lock");
+    let received = first_message(&sqs, &queue).await;
     let envelope: serde_json::Value =
         serde_json::from_str(received[0].body().expect("body")).expect("SNS envelope");
     assert_eq!(envelope["TopicArn"], topic.as_str());
@@ -432,6 +451,34 @@ async fn events_are_published_to_sns_and_eventbridge() {
     let published: Event =
         serde_json::from_str(envelope["Message"].as_str().expect("message")).expect("event");
     assert_eq!(published, event);
+
+    // The bus's rule delivered the EventBridge envelope with the event as its detail.
+    let routed = first_message(&sqs, &bus_queue).await;
+    let envelope: serde_json::Value =
+        serde_json::from_str(routed[0].body().expect("body")).expect("EventBridge envelope");
+    assert_eq!(envelope["source"], "facegroup");
+    assert_eq!(envelope["detail-type"], "gallery.grouped");
+    let detail: Event = serde_json::from_value(envelope["detail"].clone()).expect("event");
+    assert_eq!(detail, event);
+}
+
+/// The messages of the first receive on `queue` that returns any.
+async fn first_message(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let received = std::sync::Mutex::new(Vec::new());
+    wait_for(&format!("a message on {queue}"), LIMIT, || async {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        let mut got = received.lock().expect("lock");
+        got.extend(out.messages.unwrap_or_default());
+        !got.is_empty()
+    })
+    .await;
+    received.into_inner().expect("lock")
 }
 
 /// Each event type as the worker serialises it is valid under `docs/schemas/event.schema.json`,
