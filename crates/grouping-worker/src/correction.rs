@@ -23,7 +23,7 @@ use facegroup_core::Groups;
 use facegroup_worker::gallery::{GroupingState, Lease, Rerun};
 use facegroup_worker::jobs::{CorrectionJob, GroupingJob};
 use facegroup_worker::{JobError, JobReport, Message};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::handler::{Committed, GroupRun, GroupingHandler};
 
@@ -35,29 +35,11 @@ impl GroupingHandler {
         job: &CorrectionJob,
     ) -> Result<JobReport, JobError> {
         let gallery_id = &job.gallery_id;
-        let Some((lease, state)) = self
-            .galleries
-            .acquire_exclusive(gallery_id, &msg.message_id, self.lease.ttl)
-            .await?
-        else {
-            return Err(JobError::temporary(format!(
-                "gallery {gallery_id} is being grouped; the correction is retried"
-            )));
-        };
+        let (lease, state) = self.take_exclusive(msg, gallery_id, "correction").await?;
         let previous_run = state.committed.as_ref().map_or(0, |c| c.run_number);
-        let leased = tokio::select! {
-            r = self.correct_leased(job, &lease, state) => r,
-            lost = self.keep_lease(&lease) => Err(lost),
-        };
-        let (committed, rerun) = match leased {
-            Ok(done) => done,
-            Err(e) => {
-                if let Err(a) = self.galleries.abandon(&lease).await {
-                    warn!(gallery_id, error = %a, "cannot give the lease up; it expires");
-                }
-                return Err(e);
-            }
-        };
+        let (committed, rerun) = self
+            .under_lease(&lease, self.correct_leased(job, &lease, state))
+            .await?;
         // Past the release: fenced by the run number, like a grouping job's last steps.
         if let Some(c) = &committed {
             self.services

@@ -54,7 +54,7 @@ use facegroup_worker::gallery::{GroupingState, Lease, Rerun};
 use facegroup_worker::jobs::{DeletionJob, DeletionScope};
 use facegroup_worker::mongo::image_key;
 use facegroup_worker::{thumbs, JobError, JobReport, Message};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::handler::{Committed, GroupRun, GroupingHandler};
 
@@ -77,28 +77,10 @@ impl GroupingHandler {
         job: &DeletionJob,
     ) -> Result<JobReport, JobError> {
         let gallery_id = &job.gallery_id;
-        let Some((lease, state)) = self
-            .galleries
-            .acquire_exclusive(gallery_id, &msg.message_id, self.lease.ttl)
-            .await?
-        else {
-            return Err(JobError::temporary(format!(
-                "gallery {gallery_id} is being grouped; the deletion is retried"
-            )));
-        };
-        let leased = tokio::select! {
-            r = self.delete_leased(job, &lease, state) => r,
-            lost = self.keep_lease(&lease) => Err(lost),
-        };
-        let done = match leased {
-            Ok(done) => done,
-            Err(e) => {
-                if let Err(a) = self.galleries.abandon(&lease).await {
-                    warn!(gallery_id, error = %a, "cannot give the lease up; it expires");
-                }
-                return Err(e);
-            }
-        };
+        let (lease, state) = self.take_exclusive(msg, gallery_id, "deletion").await?;
+        let done = self
+            .under_lease(&lease, self.delete_leased(job, &lease, state))
+            .await?;
         // Past the release: fenced by the run number, like a grouping job's last steps.
         if let Some(c) = &done.committed {
             self.services

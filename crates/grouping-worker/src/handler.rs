@@ -435,6 +435,43 @@ impl GroupingHandler {
         }
     }
 
+    /// Takes the gallery's lease for a job that must run itself (a deletion, a correction: it
+    /// never coalesces); a held lease fails the job temporarily, so it is retried.
+    pub(crate) async fn take_exclusive(
+        &self,
+        msg: &Message,
+        gallery_id: &str,
+        what: &str,
+    ) -> Result<(Lease, GroupingState), JobError> {
+        self.galleries
+            .acquire_exclusive(gallery_id, &msg.message_id, self.lease.ttl)
+            .await?
+            .ok_or_else(|| {
+                JobError::temporary(format!(
+                    "gallery {gallery_id} is being grouped; the {what} is retried"
+                ))
+            })
+    }
+
+    /// Runs `work` next to the renewal of `lease`, stopping it when the lease is lost; on
+    /// failure gives the lease up so the retry (or any other job) starts at once.
+    pub(crate) async fn under_lease<T>(
+        &self,
+        lease: &Lease,
+        work: impl std::future::Future<Output = Result<T, JobError>>,
+    ) -> Result<T, JobError> {
+        let result = tokio::select! {
+            r = work => r,
+            lost = self.keep_lease(lease) => Err(lost),
+        };
+        if result.is_err() {
+            if let Err(e) = self.galleries.abandon(lease).await {
+                warn!(gallery_id = %lease.gallery_id, error = %e, "cannot give the lease up; it expires");
+            }
+        }
+        result
+    }
+
     /// Renews the lease until it is lost or cannot be renewed before it expires; returns why.
     pub(crate) async fn keep_lease(&self, lease: &Lease) -> JobError {
         let mut tick = tokio::time::interval(self.lease.renew_every);
