@@ -97,8 +97,8 @@ impl GroupingHandler {
         let store = self.corrections();
         let mut book = store.load(g).await?;
         let before = Groups {
-            persons: run.persons,
-            unassigned: run.unassigned,
+            persons: run.persons.clone(),
+            unassigned: run.unassigned.clone(),
         };
         let mut groups = before.clone();
         let applied = book
@@ -106,26 +106,7 @@ impl GroupingHandler {
             .map_err(|e| JobError::permanent(format!("gallery {g}: {e}")))?;
         book.label(&mut groups);
         store.save(g, &book, &applied.touched).await?;
-        if groups == before {
-            return Ok((None, self.galleries.release(lease).await?));
-        }
-        let face_count = groups
-            .persons
-            .iter()
-            .map(|p| p.face_ids.len())
-            .sum::<usize>()
-            + groups.unassigned.len();
-        let mut done = self
-            .commit_run(
-                lease,
-                run.mode,
-                &run.model_version,
-                face_count,
-                groups,
-                applied.next_person,
-            )
-            .await?;
-        let rerun = done.rerun.take();
-        Ok((Some(done), rerun))
+        self.commit_edit(lease, &run, &before, groups, applied.next_person)
+            .await
     }
 }

@@ -208,35 +208,15 @@ impl GroupingHandler {
             unassigned: previous.unassigned.clone(),
         };
         let groups = change(&before);
-        if groups == before {
-            let rerun = self.galleries.release(lease).await?;
-            return Ok(Deleted {
-                committed: None,
-                rerun,
-                purge_below: previous.run_number,
-                purged_below,
-            });
-        }
-        let face_count = groups
-            .persons
-            .iter()
-            .map(|p| p.face_ids.len())
-            .sum::<usize>()
-            + groups.unassigned.len();
-        let mut committed = self
-            .commit_run(
-                lease,
-                previous.mode,
-                &previous.model_version,
-                face_count,
-                groups,
-                state.next_person,
-            )
+        let (committed, rerun) = self
+            .commit_edit(lease, &previous, &before, groups, state.next_person)
             .await?;
         Ok(Deleted {
-            rerun: committed.rerun.take(),
-            purge_below: committed.run_number,
-            committed: Some(committed),
+            purge_below: committed
+                .as_ref()
+                .map_or(previous.run_number, |c| c.run_number),
+            committed,
+            rerun,
             purged_below,
         })
     }

@@ -266,13 +266,7 @@ impl GroupingHandler {
         if let Some(rerun) = done.rerun {
             self.follow_up(&job.gallery_id, rerun).await?;
         }
-        let faces = done
-            .groups
-            .persons
-            .iter()
-            .map(|p| p.face_ids.len())
-            .sum::<usize>()
-            + done.groups.unassigned.len();
+        let faces = done.groups.face_count();
         info!(gallery_id = %job.gallery_id, run_number = done.run_number, faces,
               persons = done.groups.persons.len(), key = %done.key, "gallery grouped");
         Ok(JobReport {
@@ -293,13 +287,7 @@ impl GroupingHandler {
             run_id: &done.run_id,
             groups_key: &done.key,
             model_version: &self.model_version,
-            face_count: done
-                .groups
-                .persons
-                .iter()
-                .map(|p| p.face_ids.len())
-                .sum::<usize>()
-                + done.groups.unassigned.len(),
+            face_count: done.groups.face_count(),
             person_count: done.groups.persons.len(),
             unassigned_count: done.groups.unassigned.len(),
         };
@@ -409,6 +397,36 @@ impl GroupingHandler {
                 lease.gallery_id
             ))),
         }
+    }
+
+    /// Commits `groups`, an edit of the committed run `run` (`before` is its grouping), as a
+    /// new run under the job's lease token with the run's mode and model version; an edit that
+    /// changes nothing commits nothing. Either way the lease is released and the coalesced
+    /// requests are returned.
+    pub(crate) async fn commit_edit(
+        &self,
+        lease: &Lease,
+        run: &GroupRun,
+        before: &Groups,
+        groups: Groups,
+        next_person: u64,
+    ) -> Result<(Option<Committed>, Option<Rerun>), JobError> {
+        if groups == *before {
+            return Ok((None, self.galleries.release(lease).await?));
+        }
+        let face_count = groups.face_count();
+        let mut done = self
+            .commit_run(
+                lease,
+                run.mode,
+                &run.model_version,
+                face_count,
+                groups,
+                next_person,
+            )
+            .await?;
+        let rerun = done.rerun.take();
+        Ok((Some(done), rerun))
     }
 
     /// Deletes the run JSONs of the run numbers between the previous committed run and this

@@ -118,6 +118,13 @@ pub struct Groups {
     pub unassigned: Vec<String>,
 }
 
+impl Groups {
+    /// Every face of the grouping: the persons' and the unassigned ones.
+    pub fn face_count(&self) -> usize {
+        self.persons.iter().map(|p| p.face_ids.len()).sum::<usize>() + self.unassigned.len()
+    }
+}
+
 /// Grouping parameters. The defaults were chosen by identity-level 2-fold cross-validation
 /// inside the dev sets (`facegroup eval-groups --folds 2` with a grid over pair 0.35/0.40,
 /// attach 0.15/0.25, cohesion ratio 0.4/0.5 and prior 0.3/0.5 at merge 0.10): on lfw-dev the
