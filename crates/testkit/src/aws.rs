@@ -47,10 +47,7 @@ pub async fn create_queue(
                 .send()
                 .await,
         );
-        let arn = attributes(sqs, &url, [QueueAttributeName::QueueArn])
-            .await
-            .remove(&QueueAttributeName::QueueArn)
-            .unwrap_or_else(|| panic!("{name}-dlq has no ARN"));
+        let arn = queue_arn(sqs, &url).await;
         create = create.attributes(
             QueueAttributeName::RedrivePolicy,
             format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max}"}}"#),
@@ -58,6 +55,14 @@ pub async fn create_queue(
         dlq_url = Some(url);
     }
     (queue_url(create.send().await), dlq_url)
+}
+
+/// The ARN of the queue at `url`; panics when it has none.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    attributes(sqs, url, [QueueAttributeName::QueueArn])
+        .await
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap_or_else(|| panic!("{url} has no ARN"))
 }
 
 /// (visible, in flight) message counts of the queue at `url`, read in one call.

@@ -33,7 +33,9 @@ pub mod stack;
 mod wait;
 
 #[cfg(feature = "aws")]
-pub use aws::{create_queue, moto_loader, queue_counts, s3_bytes, s3_json, s3_objects, sdk_config};
+pub use aws::{
+    create_queue, moto_loader, queue_arn, queue_counts, s3_bytes, s3_json, s3_objects, sdk_config,
+};
 pub use paths::{heif_enc, image_bytes, images_dir, models_dir, ort_dylib, repo_root, run_python};
 #[cfg(feature = "tokio")]
 pub use receiver::{HttpReceiver, Received};

@@ -332,7 +332,6 @@ async fn two_delivery_tasks_send_each_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_published_to_sns_and_eventbridge() {
-    use aws_sdk_sqs::types::QueueAttributeName;
     let world = World::start().await;
     let moto = start_moto();
     let sdk = sdk_config(facegroup_worker::aws::loader(), &moto).await;
@@ -349,20 +348,11 @@ async fn events_are_published_to_sns_and_eventbridge() {
         .topic_arn
         .expect("topic ARN");
     let (queue, _) = create_queue(&sqs, "events-from-sns", 30, None).await;
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .expect("queue ARN");
+    let sns_queue_arn = queue_arn(&sqs, &queue).await;
     sns.subscribe()
         .topic_arn(&topic)
         .protocol("sqs")
-        .endpoint(&queue_arn)
+        .endpoint(&sns_queue_arn)
         .send()
         .await
         .expect("subscribe");
@@ -373,16 +363,7 @@ async fn events_are_published_to_sns_and_eventbridge() {
         .expect("create bus");
     // A rule on the bus routes facegroup's events to a second queue.
     let (bus_queue, _) = create_queue(&sqs, "events-from-bus", 30, None).await;
-    let bus_queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&bus_queue)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .expect("queue ARN");
+    let bus_queue_arn = queue_arn(&sqs, &bus_queue).await;
     eb.put_rule()
         .name("to-queue")
         .event_bus_name("facegroup")
