@@ -19,6 +19,9 @@
 #   samples   testdata/images (8 photos, 38 faces), REPEAT timed passes
 #   gallery   every photo under GALLERY_DIR (default ../shared/faces/celeba-dev from the repo root),
 #             flattened through symlinks in a temporary folder, GALLERY_REPEAT timed passes
+#   large     the samples as 12 MP phone photos (4000x3000 or 3000x4000 by their orientation,
+#             enlarged with Lanczos and encoded by libjpeg at quality 92 through Pillow),
+#             GALLERY_REPEAT timed passes: per-photo time and memory on the photos phones take
 #
 # Environment overrides:
 #   FACEGROUP=path/to/facegroup   default target/release/facegroup (cargo build --release -p facegroup)
@@ -40,7 +43,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 FACEGROUP="${FACEGROUP:-target/release/facegroup}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-BENCH_SETS="${BENCH_SETS:-samples gallery}"
+BENCH_SETS="${BENCH_SETS:-samples gallery large}"
 GALLERY_DIR="${GALLERY_DIR:-$ROOT/../shared/faces/celeba-dev}"
 GALLERY_LIMIT="${GALLERY_LIMIT:-0}"
 GALLERY_REPEAT="${GALLERY_REPEAT:-1}"
@@ -100,6 +103,22 @@ print(len(photos))
 PY
 }
 
+# Writes each sample photo into $1 as a 12 MP JPEG (4000x3000, or 3000x4000 for a portrait),
+# enlarged with Lanczos (cropped to 4:3 around the centre) and encoded by libjpeg at quality 92.
+make_large() {
+    "$PYTHON" - testdata/images "$1" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image, ImageOps
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True)
+for p in sorted(src.glob("*.jpg")):
+    im = ImageOps.exif_transpose(Image.open(p)).convert("RGB")
+    size = (4000, 3000) if im.width >= im.height else (3000, 4000)
+    ImageOps.fit(im, size, Image.LANCZOS).save(dst / p.name, quality=92)
+PY
+}
+
 last_json() { { grep '^{' || true; } | tail -n 1; }
 
 # run_side SET LABEL LOG CMD... : runs CMD, keeps its last JSON line as a row of SET.
@@ -123,7 +142,11 @@ for set in $BENCH_SETS; do
             n="$(flatten "$GALLERY_DIR" "$dir" "$GALLERY_LIMIT")"
             [[ "$n" -gt 0 ]] || die "no photos under $GALLERY_DIR"
             repeat="$GALLERY_REPEAT" ;;
-        *) die "unknown set '$set' in BENCH_SETS (samples, gallery)" ;;
+        large)
+            dir="$WORK/large"
+            make_large "$dir" || die "making the 12 MP photos failed (Pillow in $PYTHON?)"
+            repeat="$GALLERY_REPEAT" ;;
+        *) die "unknown set '$set' in BENCH_SETS (samples, gallery, large)" ;;
     esac
     echo "$set: $dir ($(find -L "$dir" -maxdepth 1 -type f | wc -l) files), threads=$THREADS, repeat=$repeat, warmup=$WARMUP" >&2
     i=0

@@ -59,11 +59,11 @@ pub struct PipelineArgs {
     pub det_size: u32,
     /// How photos are fitted to the detector: `exact` is InsightFace's 640x640 letterbox
     /// (identical results), `fast` pads only to the next multiple of 32 and enlarges small
-    /// photos at most `--max-upscale` times.
+    /// photos at most `--max-upscale` times (default: not at all).
     #[arg(long, env = "FACEGROUP_DET_MODE", value_enum, default_value_t = DetectMode::Fast)]
     pub det_mode: DetectMode,
     /// `fast` mode: the most a small photo is enlarged towards `--det-size`.
-    #[arg(long, env = "FACEGROUP_MAX_UPSCALE", default_value_t = 2.0)]
+    #[arg(long, env = "FACEGROUP_MAX_UPSCALE", default_value_t = 1.0)]
     pub max_upscale: f32,
     /// Minimum detector score for a face.
     #[arg(long, env = "FACEGROUP_DET_THRESH", default_value_t = 0.5)]

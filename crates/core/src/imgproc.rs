@@ -6,33 +6,78 @@ use image::RgbImage;
 /// Bilinear resize with OpenCV's `INTER_LINEAR` conventions: pixel centres at +0.5, source
 /// coordinates clamped to the edge, no antialiasing when shrinking.
 pub fn resize_bilinear(src: &RgbImage, dst_w: u32, dst_h: u32) -> RgbImage {
-    let (sw, sh) = src.dimensions();
     let mut dst = RgbImage::new(dst_w, dst_h);
+    let row_len = dst_w as usize * 3;
+    let out = dst.as_mut();
+    resize_bilinear_rows(src, dst_w, dst_h, |y, row| {
+        out[y * row_len..(y + 1) * row_len].copy_from_slice(row);
+    });
+    dst
+}
+
+/// [`resize_bilinear`], handing each destination row (RGB bytes) to `emit(y, row)` in order
+/// instead of building an image, so a caller that converts the pixels anyway (the detector's
+/// float blob) makes one pass.
+///
+/// Separable: each source row that a destination row needs is interpolated horizontally once
+/// (and reused by the next destination row when they share it), then two such rows are blended.
+/// The arithmetic is the same as interpolating each pixel from its four neighbours (`top` and
+/// `bottom` are those rows' horizontal results), so the output is identical; it is just not
+/// recomputed per pixel.
+pub fn resize_bilinear_rows(
+    src: &RgbImage,
+    dst_w: u32,
+    dst_h: u32,
+    mut emit: impl FnMut(usize, &[u8]),
+) {
+    let (sw, sh) = src.dimensions();
     if sw == 0 || sh == 0 || dst_w == 0 || dst_h == 0 {
-        return dst;
+        return;
     }
-    let xs = axis_taps(sw, dst_w);
-    let ys = axis_taps(sh, dst_h);
+    // Horizontal taps per output byte: the two source bytes and the second one's weight.
+    let taps: Vec<(usize, usize, f32)> = axis_taps(sw, dst_w)
+        .into_iter()
+        .flat_map(|(x0, x1, f)| (0..3).map(move |c| (x0 * 3 + c, x1 * 3 + c, f)))
+        .collect();
     let s = src.as_raw();
     let stride = sw as usize * 3;
-    let out = dst.as_mut();
-    for (dy, &(y0, y1, fy)) in ys.iter().enumerate() {
-        let r0 = &s[y0 * stride..y0 * stride + stride];
-        let r1 = &s[y1 * stride..y1 * stride + stride];
-        let orow = &mut out[dy * dst_w as usize * 3..(dy + 1) * dst_w as usize * 3];
-        for (dx, &(x0, x1, fx)) in xs.iter().enumerate() {
-            for c in 0..3 {
-                let a = f32::from(r0[x0 * 3 + c]);
-                let b = f32::from(r0[x1 * 3 + c]);
-                let cc = f32::from(r1[x0 * 3 + c]);
-                let d = f32::from(r1[x1 * 3 + c]);
-                let top = a + (b - a) * fx;
-                let bot = cc + (d - cc) * fx;
-                orow[dx * 3 + c] = round_u8(top + (bot - top) * fy);
-            }
+    let horizontal = |y: usize, out: &mut [f32]| {
+        let row = &s[y * stride..(y + 1) * stride];
+        for (o, &(i0, i1, f)) in out.iter_mut().zip(&taps) {
+            let (a, b) = (f32::from(row[i0]), f32::from(row[i1]));
+            *o = a + (b - a) * f;
         }
+    };
+    let n = taps.len();
+    // Two interpolated source rows, with the source row index each holds.
+    let mut rows = [(usize::MAX, vec![0.0f32; n]), (usize::MAX, vec![0.0f32; n])];
+    let mut line = vec![0u8; n];
+    for (dy, (y0, y1, fy)) in axis_taps(sh, dst_h).into_iter().enumerate() {
+        let top = row_slot(&mut rows, y0, y1, &horizontal);
+        let bottom = row_slot(&mut rows, y1, y0, &horizontal);
+        let (t, b) = (&rows[top].1, &rows[bottom].1);
+        for ((o, &t), &b) in line.iter_mut().zip(t).zip(b) {
+            *o = round_u8(t + (b - t) * fy);
+        }
+        emit(dy, &line);
     }
-    dst
+}
+
+/// The slot of `rows` holding source row `need`, filling the one not holding `keep` if neither
+/// does.
+fn row_slot(
+    rows: &mut [(usize, Vec<f32>); 2],
+    need: usize,
+    keep: usize,
+    fill: &impl Fn(usize, &mut [f32]),
+) -> usize {
+    if let Some(i) = rows.iter().position(|r| r.0 == need) {
+        return i;
+    }
+    let i = usize::from(rows[0].0 == keep);
+    fill(need, &mut rows[i].1);
+    rows[i].0 = need;
+    i
 }
 
 /// For each destination index along one axis: the two source indices and the weight of the
@@ -106,8 +151,14 @@ pub fn invert_affine(m: &[[f32; 3]; 2]) -> [[f32; 3]; 2] {
     [[ia, ib, -(ia * c + ib * f)], [id, ie, -(id * c + ie * f)]]
 }
 
+/// `v.round().clamp(0.0, 255.0) as u8` without `round`, which baseline x86-64 (no SSE4.1) turns
+/// into a library call per byte. Exact: `v as i32` truncates, `v - t` is exact, and a fraction
+/// of at least one half rounds away from zero as `round` does; a tiny negative `v` (rounding in
+/// the interpolation) truncates to 0 with a negative fraction, as `round` gives -0.
 fn round_u8(v: f32) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
+    let t = v as i32;
+    let r = t + i32::from(v - t as f32 >= 0.5);
+    r.clamp(0, 255) as u8
 }
 
 #[cfg(test)]
@@ -124,6 +175,41 @@ mod tests {
         let flat = RgbImage::from_pixel(9, 5, image::Rgb([33, 66, 99]));
         let small = resize_bilinear(&flat, 4, 2);
         assert!(small.pixels().all(|p| p.0 == [33, 66, 99]));
+    }
+
+    #[test]
+    fn round_u8_rounds_like_round() {
+        let mut v = -2.0f32;
+        while v < 258.0 {
+            for x in [v, v.next_up(), v.next_down()] {
+                assert_eq!(round_u8(x), x.round().clamp(0.0, 255.0) as u8, "{x}");
+            }
+            v += 0.125;
+        }
+    }
+
+    #[test]
+    fn separable_resize_matches_four_neighbour_interpolation() {
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 5) as u8])
+        });
+        for (w, h) in [(64, 40), (20, 11), (37, 23), (5, 50)] {
+            let fast = resize_bilinear(&img, w, h);
+            let xs = axis_taps(37, w);
+            let ys = axis_taps(23, h);
+            for (dy, &(y0, y1, fy)) in ys.iter().enumerate() {
+                for (dx, &(x0, x1, fx)) in xs.iter().enumerate() {
+                    for c in 0..3 {
+                        let p =
+                            |x: usize, y: usize| f32::from(img.get_pixel(x as u32, y as u32).0[c]);
+                        let top = p(x0, y0) + (p(x1, y0) - p(x0, y0)) * fx;
+                        let bot = p(x0, y1) + (p(x1, y1) - p(x0, y1)) * fx;
+                        let want = (top + (bot - top) * fy).round().clamp(0.0, 255.0) as u8;
+                        assert_eq!(fast.get_pixel(dx as u32, dy as u32).0[c], want);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -161,9 +161,17 @@ pub(crate) fn build_session(
         match rewrite(&bytes) {
             Ok(Some(edited)) => {
                 tracing::debug!(model = %model.display(), "loading rewritten graph");
-                return builder
-                    .commit_from_memory(&edited)
-                    .map_err(|e| load_err(e.to_string()));
+                match builder.commit_from_memory(&edited) {
+                    Ok(session) => return Ok(session),
+                    // The rewrite is an optimisation only: a graph it edited into something
+                    // ONNX Runtime refuses (an operator on a tensor of unexpected rank) loads as
+                    // exported instead.
+                    Err(e) => tracing::warn!(
+                        model = %model.display(),
+                        error = %e,
+                        "rewritten graph refused, loading the original"
+                    ),
+                }
             }
             Ok(None) => {}
             // The rewrite is an optimisation only: a model it cannot parse still loads as is.

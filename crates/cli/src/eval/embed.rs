@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use facegroup_core::PipelinePool;
+use facegroup_core::{DetectMode, PipelinePool};
 
 use super::cache::{self, Embedded, Photo};
 use super::dataset::{fnv1a, Item};
@@ -23,11 +23,18 @@ use super::EvalArgs;
 pub fn embed_cached(args: &EvalArgs, items: &[Item]) -> Result<Vec<Option<Photo>>> {
     let dataset = fs::canonicalize(&args.dataset)
         .with_context(|| format!("dataset {}", args.dataset.display()))?;
+    let p = &args.engine.pipeline;
+    // Everything that changes which faces are found goes into the key (`exact` ignores the
+    // upscale limit), so two detection settings never share a cache.
+    let detection = match p.det_mode {
+        DetectMode::Exact => format!("|exact {} {}", p.det_size, p.det_thresh),
+        DetectMode::Fast => format!("|fast {} {} {}", p.det_size, p.max_upscale, p.det_thresh),
+    };
     let key = format!(
-        "{}|{}+{}|{}",
+        "{}|{}+{}|{}{detection}",
         dataset.display(),
-        args.engine.pipeline.model.detector,
-        args.engine.pipeline.model.embedder,
+        p.model.detector,
+        p.model.embedder,
         items.len()
     );
     let hash = fnv1a(key.as_bytes());

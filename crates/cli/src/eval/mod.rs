@@ -9,9 +9,11 @@
 //! parameters on one identity fold and reports them on the other (`--folds 2`), so defaults
 //! are never judged on the people they were picked on.
 
+mod agreement;
 mod cache;
 mod dataset;
 mod embed;
+mod lookalikes;
 mod methods;
 mod report;
 mod tuning;
@@ -19,6 +21,7 @@ mod tuning;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use facegroup_core::DetectMode;
 
 use crate::args::EngineArgs;
 
@@ -27,7 +30,7 @@ use methods::Faces;
 use report::Report;
 
 /// Arguments of `facegroup eval-groups`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
     /// Labelled dataset: a folder with `labels.csv` (path,identity).
     pub dataset: PathBuf,
@@ -74,6 +77,25 @@ pub struct EvalArgs {
     /// Embed and group every detected face (background people too); score the labelled ones.
     #[arg(long)]
     pub all_faces: bool,
+    /// Also embed the dataset in `exact` detection mode and report, per subset, how often this
+    /// mode finds the labelled face where `exact` does, and both modes' BCubed F.
+    #[arg(long)]
+    pub detection_agreement: bool,
+    /// Also group, on its own at the first settings of the grid, each of the N pairs of
+    /// identities whose mean embeddings are closest (lookalikes, the stand-in for relatives).
+    #[arg(long, value_name = "N")]
+    pub lookalikes: Option<usize>,
+}
+
+/// The labelled dataset as the extra reports see it.
+#[derive(Clone, Copy)]
+struct Labelled<'a> {
+    items: &'a [dataset::Item],
+    /// Identity number per item.
+    identity: &'a [u32],
+    /// The dataset's name in the report.
+    name: &'a str,
+    json: bool,
 }
 
 /// Runs the evaluation and prints the report.
@@ -97,6 +119,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     let grid = tuning::grid(args);
     let subsets: Vec<Subset> = dataset::subsets(&items, args.folds);
+    let set = Labelled {
+        items: &items,
+        identity: &identity,
+        name: &name,
+        json: args.json,
+    };
+    if let Some(n) = args.lookalikes {
+        lookalikes::report(&set, &photos, n, &grid[0])?;
+    }
+    if args.detection_agreement {
+        let mut exact_args = args.clone();
+        exact_args.engine.pipeline.det_mode = DetectMode::Exact;
+        let exact = embed::embed_cached(&exact_args, &items)?;
+        let mode = format!("{:?}", args.engine.pipeline.det_mode).to_lowercase();
+        agreement::report(&set, &photos, &exact, &subsets, &mode)?;
+    }
     let mut report = Report::new(args.json, name);
     let mut results = Vec::with_capacity(subsets.len());
     for subset in &subsets {

@@ -77,11 +77,12 @@ pub struct Detection {
 ///
 /// - `exact`: InsightFace's letterbox: scaled to fit `input_size` x `input_size` (up or down)
 ///   and padded to that square, so results match `insightface` (the parity test runs this).
-/// - `fast`: the same scaling, at most `max_upscale`, and padded only to the next multiple of
-///   32 in each direction (SCRFD is fully convolutional and takes any such shape). A 4:3 photo
-///   costs 3/4 of the square, a 150 px photo a quarter; faces are found at the same scale, so
-///   they barely differ from `exact` (only at the padded border). Models with a fixed input
-///   size always run `exact`.
+/// - `fast`: the same scaling, but never enlarging by more than `max_upscale` (default 1: small
+///   photos stay at their own size), padded only to the next multiple of 32 in each direction
+///   (SCRFD is fully convolutional and takes any such shape). A 4:3 photo costs 3/4 of the
+///   square, a 150 px photo 1/16; faces are found at the same scale as `exact` in large photos
+///   (so they differ only at the padded border) and at their own scale in small ones. Models
+///   with a fixed input size always run `exact`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -101,8 +102,12 @@ pub struct DetectorConfig {
     pub input_size: u32,
     /// How the photo is fitted to the network input (see [`DetectMode`]). Default `fast`.
     pub mode: DetectMode,
-    /// `fast` mode: the most a photo is enlarged to fit `input_size` (small photos are not
-    /// blown up 4x to find faces that are already large in them). Default 2.
+    /// `fast` mode: the most a photo is enlarged to fit `input_size`. Default 1: a photo smaller
+    /// than the input is detected at its own size, since its faces are already large enough for
+    /// SCRFD's smallest anchors (16 px at stride 8) and enlarging only multiplies the cost.
+    /// Measured against `exact` (`facegroup eval-groups --detection-agreement`): the labelled
+    /// face is found in 99.89-100% of the photos where `exact` finds it (celeba-dev and lfw-dev
+    /// folds), at BCubed F 0.0005-0.008 above `exact`'s.
     pub max_upscale: f32,
     /// Minimum face score. Default 0.5.
     pub score_threshold: f32,
@@ -116,7 +121,7 @@ impl Default for DetectorConfig {
             model_path: PathBuf::from("models/scrfd_500m_bnkps.onnx"),
             input_size: 640,
             mode: DetectMode::Fast,
-            max_upscale: 2.0,
+            max_upscale: 1.0,
             score_threshold: 0.5,
             nms_threshold: 0.4,
         }

@@ -13,7 +13,7 @@ use super::nms::nms;
 use super::priors::anchor_centers;
 use super::{BBox, DetectMode, Detection, DetectorConfig, FaceDetector, Landmarks};
 use crate::error::ModelError;
-use crate::imgproc::resize_bilinear;
+use crate::imgproc::resize_bilinear_rows;
 use crate::runtime::{build_session, model_name, tensor_shape, RuntimeConfig};
 
 /// An SCRFD detector session.
@@ -239,24 +239,23 @@ fn letterbox_blob(
 ) -> (Array4<f32>, f32) {
     let h = image.height();
     let det_scale = (f64::from(new_h) / f64::from(h)) as f32;
-    let resized = resize_bilinear(image, new_w, new_h);
     let pad = (0.0 - 127.5) / 128.0;
     let (iw, ih) = (iw as usize, ih as usize);
     let mut blob = Array4::<f32>::from_elem((1, 3, ih, iw), pad);
-    // Planar fill through raw slices: ndarray's 4-D indexing per pixel costs more than the
-    // arithmetic on a 640x640 input.
+    // One pass: each resized row goes straight into the planar blob (no resized image), through
+    // raw slices, since ndarray's 4-D indexing per pixel costs more than the arithmetic.
     if let Some(planes) = blob.as_slice_mut() {
         let plane = iw * ih;
-        let (rw, rh) = (resized.width() as usize, resized.height() as usize);
-        let src = resized.as_raw();
-        for y in 0..rh.min(ih) {
-            let row = &src[y * rw * 3..(y + 1) * rw * 3];
+        resize_bilinear_rows(image, new_w, new_h, |y, row| {
+            if y >= ih {
+                return;
+            }
             for (x, px) in row.chunks_exact(3).take(iw).enumerate() {
-                for c in 0..3 {
-                    planes[c * plane + y * iw + x] = (f32::from(px[c]) - 127.5) / 128.0;
+                for (c, &v) in px.iter().enumerate() {
+                    planes[c * plane + y * iw + x] = (f32::from(v) - 127.5) / 128.0;
                 }
             }
-        }
+        });
     }
     (blob, det_scale)
 }
