@@ -64,19 +64,45 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), String> {
             }
         }
     }
+    // A slope read by nothing but the PRelus rewritten here is dropped with them (ONNX Runtime
+    // would warn about each unused initializer at every load).
+    let mut nodes = Vec::new();
+    let mut other_uses: HashMap<&str, usize> = HashMap::new();
+    for f in &fields {
+        if let (1, Value::Bytes(node)) = (f.number, &f.value) {
+            let n = parse_node(node)?;
+            let own_slope = n.op_type == "PRelu" && n.inputs.len() == 2 && n.outputs.len() == 1;
+            for (i, input) in n.inputs.iter().enumerate() {
+                if !(own_slope && i == 1) {
+                    if let Some((name, _)) = slopes.get_key_value(input.as_str()) {
+                        *other_uses.entry(name.as_str()).or_default() += 1;
+                    }
+                }
+            }
+            nodes.push(n);
+        }
+    }
     let mut out = Vec::with_capacity(graph.len() + 65536);
     let mut initializers = Vec::new();
     let mut changed = 0;
+    let mut nodes = nodes.into_iter();
     for f in &fields {
-        let Value::Bytes(node) = &f.value else {
+        if let (5, Value::Bytes(t)) = (f.number, &f.value) {
+            let dropped = float_tensor(t)?.is_some_and(|t| {
+                slopes.contains_key(&t.name) && !other_uses.contains_key(t.name.as_str())
+            });
+            if !dropped {
+                f.write(&mut out);
+            }
+            continue;
+        }
+        let (1, Value::Bytes(_)) = (f.number, &f.value) else {
             f.write(&mut out);
             continue;
         };
-        if f.number != 1 {
-            f.write(&mut out);
-            continue;
-        }
-        let n = parse_node(node)?;
+        let Some(n) = nodes.next() else {
+            return Err("node count changed while rewriting".into());
+        };
         let slope = match (n.op_type.as_str(), &n.inputs[..], &n.outputs[..]) {
             ("PRelu", [_, s], [_]) => slopes.get(s),
             _ => None,
@@ -447,9 +473,10 @@ mod tests {
                 (5, Value::Bytes(t)) => float_tensor(t).expect("tensor"),
                 _ => None,
             })
-            .filter(|t| t.name.contains("facegroup_prelu"))
             .collect();
-        assert_eq!(weights.len(), 2);
+        // The old slope, now read by nothing, is gone.
+        assert_eq!(weights.len(), 2, "only the two new weights remain");
+        assert!(weights.iter().all(|t| t.name.contains("facegroup_prelu")));
         assert!(weights.iter().all(|t| t.dims == [3, 1, 1, 1]));
         assert_eq!(weights[0].values, [-1.0, -1.0, -1.0]);
         assert_eq!(weights[1].values, [-0.25, 0.8, -1.5]);

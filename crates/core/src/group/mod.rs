@@ -11,15 +11,16 @@
 //! Output is deterministic: faces are processed in `face_id` order whatever the input order, and
 //! every tie is broken by that order.
 //!
-//! Measured (`facegroup eval-groups ../shared/faces/<set> --json`, SCRFD-500M + w600k_mbf,
-//! default parameters; pairwise P/R/F, BCubed P/R/F; `--folds 2` rows are the identity folds):
+//! Measured (`facegroup eval-groups ../shared/faces/<set> --json`, SCRFD-500M + w600k_mbf with
+//! the default `fast` detection, default parameters; pairwise P/R/F, BCubed P/R/F; `--folds 2`
+//! rows are the identity folds; regenerated 2026-12-01):
 //!
 //! | set | facegroup | connected components cos >= 0.5 | DBSCAN eps 0.5, min 3 | Immich-style |
 //! |---|---|---|---|---|
-//! | celeba-dev | 1.000/0.930/0.964, 1.000/0.923/0.960 | 1.000/0.855/0.922, 1.000/0.846/0.916 | 1.000/0.854/0.922, 1.000/0.844/0.915 | 1.000/0.747/0.855, 1.000/0.748/0.856 |
-//! | celeba-dev fold 0 / 1 | 1.000/0.939/0.969, 1.000/0.934/0.966 / 1.000/0.919/0.958, 1.000/0.911/0.953 | | | |
-//! | lfw-dev | 0.994/0.991/0.993, 0.992/0.990/0.991 | 0.999/0.976/0.988, 0.998/0.966/0.982 | 0.999/0.965/0.982, 0.999/0.909/0.952 | 0.999/0.942/0.970, 0.999/0.893/0.943 |
-//! | lfw-dev fold 0 / 1 | 0.999/0.990/0.995, 0.997/0.990/0.993 / 0.991/0.993/0.992, 0.997/0.991/0.994 | | | |
+//! | celeba-dev | 1.000/0.936/0.967, 1.000/0.931/0.964 | 1.000/0.861/0.925, 1.000/0.853/0.921 | 1.000/0.860/0.925, 1.000/0.851/0.920 | 1.000/0.753/0.859, 1.000/0.756/0.861 |
+//! | celeba-dev fold 0 / 1 | 1.000/0.941/0.970, 1.000/0.935/0.966 / 1.000/0.931/0.964, 1.000/0.926/0.962 | | | |
+//! | lfw-dev | 0.995/0.996/0.996, 0.990/0.994/0.992 | 0.999/0.982/0.991, 0.998/0.969/0.983 | 0.999/0.971/0.985, 0.999/0.913/0.954 | 0.999/0.938/0.968, 0.999/0.894/0.944 |
+//! | lfw-dev fold 0 / 1 | 0.999/0.996/0.997, 0.996/0.992/0.994 / 0.995/0.997/0.996, 0.997/0.995/0.996 | | | |
 //!
 //! Speed (`cargo bench -p facegroup-core --bench grouping -- 10000,100000`, random-plus-clustered
 //! synthetic faces, 2 CPU cores shared with other builds): 10k faces: graph 3.0 s (exact),
