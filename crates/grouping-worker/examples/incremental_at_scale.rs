@@ -218,23 +218,13 @@ async fn main() -> anyhow::Result<()> {
         json!({"gallery_id": GALLERY, "mode": "incremental"}),
     )
     .await;
-    let mut commit_s = None;
-    let written_s = loop {
-        let state = gs.state(GALLERY).await?;
-        let run = state.committed.as_ref().map_or(0, |c| c.run_number);
-        if run >= 2 && commit_s.is_none() {
-            commit_s = Some(t.elapsed().as_secs_f64());
-        }
-        if state.person_ids_run >= 2 {
-            break t.elapsed().as_secs_f64();
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(600),
-            "no commit after 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let polled = until_written(&gs, t).await;
+    if polled.is_err() {
+        // Best effort: the worker is ours and would otherwise wait for its idle exit.
+        let _ = worker.kill();
+    }
     let status = wait_exit(&mut worker, Duration::from_secs(120)).await;
+    let (commit_s, written_s) = polled?;
     anyhow::ensure!(
         status.success(),
         "worker exited with {status}: see {}",
@@ -245,10 +235,30 @@ async fn main() -> anyhow::Result<()> {
         .count_documents(doc! {"gallery_id": GALLERY, "person_id": {"$exists": true}})
         .await?;
     println!(
-        "incremental persons={persons} faces={} new={new} commit_s={:.2} written_s={written_s:.2} \
+        "incremental persons={persons} faces={} new={new} commit_s={commit_s:.2} written_s={written_s:.2} \
          assigned={assigned} run_json_mib={run_json_mib:.1} summary_mib={summary_mib:.1}",
         persons * per_person,
-        commit_s.unwrap_or(written_s),
     );
     Ok(())
+}
+
+/// Seconds from `t` to run 2 committed, and to its person ids written.
+async fn until_written(gs: &GalleryStore, t: Instant) -> anyhow::Result<(f64, f64)> {
+    let mut commit_s = None;
+    loop {
+        let state = gs.state(GALLERY).await?;
+        let run = state.committed.as_ref().map_or(0, |c| c.run_number);
+        if run >= 2 && commit_s.is_none() {
+            commit_s = Some(t.elapsed().as_secs_f64());
+        }
+        if state.person_ids_run >= 2 {
+            let written_s = t.elapsed().as_secs_f64();
+            return Ok((commit_s.unwrap_or(written_s), written_s));
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "no commit after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -388,7 +388,6 @@ impl GroupingHandler {
             persons: p.persons,
             unassigned: p.unassigned,
         });
-        let face_count = faces.len();
         let min_quality = cfg.min_quality;
         let (groups, next_person, summaries) = tokio::task::spawn_blocking(move || {
             let constraints = book.constraints();
@@ -398,9 +397,10 @@ impl GroupingHandler {
             let next = number_new_persons(&mut groups, prev_groups.as_ref(), state.next_person);
             // The next incremental job's summaries; under corrections it reads every face
             // anyway (the summaries cannot carry the constraints), so none are written.
-            let summaries = match book.persons.is_empty() {
-                true => Some(summarise(&groups, &faces, &cfg)?),
-                false => None,
+            let summaries = if book.persons.is_empty() {
+                Some(summarise(&groups, &faces, &cfg)?)
+            } else {
+                None
             };
             Ok::<_, GroupError>((groups, next, summaries))
         })
@@ -412,17 +412,9 @@ impl GroupingHandler {
             changed: None,
         };
         let model_version = &self.model_version;
-        self.commit_run(
-            lease,
-            mode,
-            model_version,
-            face_count,
-            groups,
-            next_person,
-            written,
-        )
-        .await
-        .map(Leased::Committed)
+        self.commit_run(lease, mode, model_version, groups, next_person, written)
+            .await
+            .map(Leased::Committed)
     }
 
     /// What the summary path starts from, or `None` (with the reason logged) when the
@@ -573,7 +565,6 @@ impl GroupingHandler {
         info!(gallery_id = %lease.gallery_id, new_faces = new_count,
               assigned = changed.persons.iter().map(|p| p.face_ids.len()).sum::<usize>(),
               "new faces filed from the person summaries");
-        let face_count = groups.face_count();
         let written = Written {
             summaries: Some((summaries, min_quality)),
             changed: Some(changed),
@@ -583,7 +574,6 @@ impl GroupingHandler {
             lease,
             GroupMode::Incremental,
             model_version,
-            face_count,
             groups,
             next_person,
             written,
@@ -597,11 +587,12 @@ impl GroupingHandler {
         lease: &Lease,
         mode: GroupMode,
         model_version: &str,
-        face_count: usize,
         groups: Groups,
         next_person: u64,
         written: Written,
     ) -> Result<Committed, JobError> {
+        // Every face of the run is in a person or unassigned.
+        let face_count = groups.face_count();
         let run_number = lease.token;
         let run_id = format!("run-{run_number:010}");
         let key = self.run_key(&lease.gallery_id, run_number);
@@ -680,13 +671,11 @@ impl GroupingHandler {
         if groups == *before {
             return Ok((None, self.galleries.release(lease).await?));
         }
-        let face_count = groups.face_count();
         let mut done = self
             .commit_run(
                 lease,
                 run.mode,
                 &run.model_version,
-                face_count,
                 groups,
                 next_person,
                 Written::default(),
