@@ -46,6 +46,9 @@ impl GroupingHandler {
                 .mongo
                 .set_person_ids(&c.groups, c.run_number)
                 .await?;
+            self.galleries
+                .mark_person_ids_written(gallery_id, c.run_number)
+                .await?;
             self.write_latest(gallery_id, c).await?;
             self.delete_uncommitted_runs(gallery_id, previous_run, c.run_number)
                 .await;

@@ -87,11 +87,15 @@ impl GroupingHandler {
                 .mongo
                 .set_person_ids(&c.groups, c.run_number)
                 .await?;
+            self.galleries
+                .mark_person_ids_written(gallery_id, c.run_number)
+                .await?;
             self.write_latest(gallery_id, c).await?;
         }
         if done.purge_below > done.purged_below {
+            // The summaries hold the deleted faces' embeddings in their persons' sums.
             let keys: Vec<String> = (done.purged_below..done.purge_below)
-                .map(|n| self.run_key(gallery_id, n))
+                .flat_map(|n| [self.run_key(gallery_id, n), self.summary_key(gallery_id, n)])
                 .collect();
             self.services.s3.delete_keys(&keys).await?;
             self.galleries
@@ -246,7 +250,10 @@ impl GroupingHandler {
             .iter()
             .map(|i| result_key(&self.results_prefix, g, i))
             .collect();
-        keys.extend((state.purged_below..lease.token).map(|n| self.run_key(g, n)));
+        keys.extend(
+            (state.purged_below..lease.token)
+                .flat_map(|n| [self.run_key(g, n), self.summary_key(g, n)]),
+        );
         keys.push(format!("{}{g}/latest.json", self.groups_prefix));
         self.services.s3.delete_keys(&keys).await?;
         self.corrections().delete_gallery(g).await?;
@@ -296,6 +303,11 @@ impl GroupingHandler {
             self.services.s3.put_json(&key, &doc).await?;
         }
         Ok(())
+    }
+
+    /// `{groups prefix}{gallery}/summaries/run-{N}.bin` (`facegroup_worker::summaries`).
+    pub(crate) fn summary_key(&self, gallery_id: &str, run_number: u64) -> String {
+        facegroup_worker::summaries::summary_key(&self.groups_prefix, gallery_id, run_number)
     }
 
     /// `{groups prefix}{gallery}/run-{N}.json`.

@@ -6,12 +6,29 @@
 //!    exact key MongoDB records (the worker never reads an S3 key that may not exist: under the
 //!    job role's GetObject-without-ListBucket a miss would be a 403);
 //! 3. group, number new persons from the stored next person number (ids are never reused);
-//! 4. write `groups/{gallery}/{run}.json`, then commit the run pointer in MongoDB, conditional
-//!    on still holding the lease (which the commit releases, taking coalesced requests);
-//! 5. person ids on the faces, fenced by the run number; `latest.json` as a convenience copy
-//!    for readers; the `gallery.grouped` event into the outbox (`facegroup_worker::events`; a
-//!    crash before it reruns the job, whose new run records its own); one follow-up grouping
-//!    job if requests were coalesced.
+//! 4. write the person summaries (`groups/{gallery}/summaries/{run}.bin`, see below) and
+//!    `groups/{gallery}/{run}.json`, then commit the run pointer with both keys in MongoDB,
+//!    conditional on still holding the lease (which the commit releases, taking coalesced
+//!    requests);
+//! 5. person ids on the faces, fenced by the run number, then `person_ids_run` on the gallery;
+//!    `latest.json` as a convenience copy for readers; the `gallery.grouped` event into the
+//!    outbox (`facegroup_worker::events`; a crash before it reruns the job, whose new run
+//!    records its own); one follow-up grouping job if requests were coalesced.
+//!
+//! **Incremental jobs from summaries.** Step 2 of an incremental job does not read the gallery
+//! when the committed run left usable person summaries (`facegroup_core::group::incremental`,
+//! stored by `facegroup_worker::summaries`): it reads the summaries, the run JSON and only the
+//! faces no run has written yet (no `person_run`; an index range), files them with
+//! `assign_with_summaries`, and in step 5 writes person ids on those faces only. Usable means:
+//! the commit names a summary object, `person_ids_run` is the committed run (otherwise faces
+//! of the committed run may still lack their `person_run` and would pass for new), the
+//! object's header names this gallery, run, model version and minimum quality, its persons are
+//! the run's, and the gallery has no corrections (their must-link and cannot-link constraints
+//! need every face). Anything else falls back to reading every face, which is also what a full
+//! job, a first job and every job under corrections do; runs that read every face write fresh
+//! summaries (not under corrections), edits by correction and deletion jobs write none. Faces
+//! that an earlier run left unassigned are not tried again by the summary path (scanning them
+//! against every person would grow with the gallery); the next full read does.
 //!
 //! Steps 2-4 run next to a task that renews the lease; losing it cancels the job before the
 //! commit. An empty face set commits nothing, so the previous run and its numbering stay.
@@ -25,18 +42,22 @@
 //! `after_clear_pending`, `after_put_run`, `after_commit`, `after_set_person_ids`,
 //! `after_put_latest`, and the consumer's `before_delete`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use facegroup_core::group::incremental::{assign_with_summaries, summarise, PersonSummary};
 use facegroup_core::{
     group_faces, regroup, Constraints, FaceInput, GroupConfig, GroupError, GroupMode, Groups,
+    Person,
 };
 use facegroup_worker::corrections::CorrectionStore;
+use facegroup_worker::error::StoreError;
 use facegroup_worker::events::GroupedRun;
 use facegroup_worker::gallery::{
     Acquire, Commit, CommittedRun, GalleryStore, GroupingState, Lease, Rerun,
 };
 use facegroup_worker::jobs::{self, GroupingJob, GroupingQueueJob};
+use facegroup_worker::summaries::{self, SummaryHeader};
 use facegroup_worker::{fault, Handler, JobError, JobReport, Message, Services};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -224,7 +245,27 @@ pub(crate) struct Committed {
     pub(crate) run_id: String,
     pub(crate) key: String,
     pub(crate) groups: Groups,
+    /// The faces whose person ids this run changed, when not all of `groups` (the summary
+    /// path: the new faces only; every other face keeps the id an earlier run wrote).
+    pub(crate) changed: Option<Groups>,
     pub(crate) rerun: Option<Rerun>,
+}
+
+/// What a run writes besides its run JSON.
+#[derive(Default)]
+pub(crate) struct Written {
+    /// The person summaries for the next incremental job, with the minimum quality they were
+    /// made under.
+    pub(crate) summaries: Option<(Vec<PersonSummary>, f32)>,
+    /// See [`Committed::changed`].
+    pub(crate) changed: Option<Groups>,
+}
+
+/// The summary path's input ([`GroupingHandler::summary_input`]).
+struct SummaryInput {
+    previous: Groups,
+    summaries: Vec<PersonSummary>,
+    new_faces: Vec<FaceInput>,
 }
 
 impl GroupingHandler {
@@ -255,7 +296,13 @@ impl GroupingHandler {
         fault::crash_point("after_commit");
         self.services
             .mongo
-            .set_person_ids(&done.groups, done.run_number)
+            .set_person_ids(
+                done.changed.as_ref().unwrap_or(&done.groups),
+                done.run_number,
+            )
+            .await?;
+        self.galleries
+            .mark_person_ids_written(&job.gallery_id, done.run_number)
             .await?;
         fault::crash_point("after_set_person_ids");
         self.write_latest(&job.gallery_id, &done).await?;
@@ -315,6 +362,16 @@ impl GroupingHandler {
             .clear_grouping_pending(&job.gallery_id)
             .await?;
         fault::crash_point("after_clear_pending");
+        // Users' corrections bind every run: anchored persons keep their faces, ids and names.
+        let book = self.corrections().load(&job.gallery_id).await?;
+        if job.mode == GroupMode::Incremental && book.persons.is_empty() {
+            if let Some(input) = self.summary_input(&job.gallery_id, &cfg, &state).await? {
+                return self
+                    .assign_and_commit(lease, cfg, state.next_person, input)
+                    .await
+                    .map(Leased::Committed);
+            }
+        }
         let faces = self
             .services
             .mongo
@@ -331,24 +388,197 @@ impl GroupingHandler {
             persons: p.persons,
             unassigned: p.unassigned,
         });
-        // Users' corrections bind every run: anchored persons keep their faces, ids and names.
-        let book = self.corrections().load(&job.gallery_id).await?;
-        let face_count = faces.len();
-        let (groups, next_person) = tokio::task::spawn_blocking(move || {
+        let min_quality = cfg.min_quality;
+        let (groups, next_person, summaries) = tokio::task::spawn_blocking(move || {
             let constraints = book.constraints();
             let constraints = (!constraints.is_empty()).then_some(&constraints);
             let mut groups = group(&faces, &cfg, prev_groups.as_ref(), Some(mode), constraints)?;
             book.label(&mut groups);
             let next = number_new_persons(&mut groups, prev_groups.as_ref(), state.next_person);
-            Ok::<_, GroupError>((groups, next))
+            // The next incremental job's summaries; under corrections it reads every face
+            // anyway (the summaries cannot carry the constraints), so none are written.
+            let summaries = if book.persons.is_empty() {
+                Some(summarise(&groups, &faces, &cfg)?)
+            } else {
+                None
+            };
+            Ok::<_, GroupError>((groups, next, summaries))
         })
         .await
         .map_err(|e| JobError::suspect(format!("grouping thread died: {e}")))?
         .map_err(classify)?;
+        let written = Written {
+            summaries: summaries.map(|s| (s, min_quality)),
+            changed: None,
+        };
         let model_version = &self.model_version;
-        self.commit_run(lease, mode, model_version, face_count, groups, next_person)
+        self.commit_run(lease, mode, model_version, groups, next_person, written)
             .await
             .map(Leased::Committed)
+    }
+
+    /// What the summary path starts from, or `None` (with the reason logged) when the
+    /// committed run has no usable summaries and the job must read every face: no committed
+    /// run or no summaries with it (a first run, an edit, a run under corrections), person ids
+    /// of the committed run not all on the faces yet (its job died after the commit: the faces'
+    /// `person_run` then does not tell new faces from grouped ones), summaries missing,
+    /// corrupt or made for another run, model version or minimum quality, or new faces that
+    /// the committed run already holds.
+    async fn summary_input(
+        &self,
+        gallery_id: &str,
+        cfg: &GroupConfig,
+        state: &GroupingState,
+    ) -> Result<Option<SummaryInput>, JobError> {
+        let Some(committed) = &state.committed else {
+            return Ok(None);
+        };
+        let Some(key) = &committed.summary_key else {
+            info!(
+                gallery_id,
+                run_number = committed.run_number,
+                "committed run has no person summaries; reading every face"
+            );
+            return Ok(None);
+        };
+        if state.person_ids_run != committed.run_number {
+            warn!(
+                gallery_id,
+                run_number = committed.run_number,
+                person_ids_run = state.person_ids_run,
+                "person ids of the committed run are not all written; reading every face"
+            );
+            return Ok(None);
+        }
+        let s3 = &self.services.s3;
+        // The key was recorded at the commit, after the object was written: it exists unless
+        // someone deleted it, which is then a fallback, not a failure.
+        let bytes = match s3.get(s3.bucket(), key).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => {
+                warn!(gallery_id, key = %key, "person summaries missing; reading every face");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (header, summaries) = match summaries::decode(&bytes) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                warn!(gallery_id, key = %key, error = %e, "person summaries unreadable; reading every face");
+                return Ok(None);
+            }
+        };
+        drop(bytes);
+        let wanted = (
+            gallery_id,
+            committed.run_number,
+            self.model_version.as_str(),
+            cfg.min_quality.to_bits(),
+        );
+        let got = (
+            header.gallery_id.as_str(),
+            header.run_number,
+            header.model_version.as_str(),
+            header.min_quality.to_bits(),
+        );
+        if got != wanted {
+            warn!(gallery_id, key = %key, ?got, ?wanted, "person summaries are for another run or settings; reading every face");
+            return Ok(None);
+        }
+        let Some(run) = self.previous(gallery_id, state).await? else {
+            return Ok(None);
+        };
+        let previous = Groups {
+            persons: run.persons,
+            unassigned: run.unassigned,
+        };
+        // `Assignment::apply` drops persons without a summary: they must be the same persons.
+        let persons: HashSet<&str> = previous
+            .persons
+            .iter()
+            .map(|p| p.person_id.as_str())
+            .collect();
+        let summarised: HashSet<&str> = summaries.iter().map(|p| p.person_id.as_str()).collect();
+        if persons != summarised {
+            warn!(gallery_id, key = %key, "person summaries do not match the committed persons; reading every face");
+            return Ok(None);
+        }
+        let new_faces = self
+            .services
+            .mongo
+            .new_faces(gallery_id, &self.model_version)
+            .await?;
+        let held: HashSet<&str> = previous
+            .persons
+            .iter()
+            .flat_map(|p| &p.face_ids)
+            .chain(&previous.unassigned)
+            .map(String::as_str)
+            .collect();
+        if let Some(f) = new_faces.iter().find(|f| held.contains(f.face_id.as_str())) {
+            warn!(gallery_id, face_id = %f.face_id, "a face without a run is in the committed run; reading every face");
+            return Ok(None);
+        }
+        Ok(Some(SummaryInput {
+            previous,
+            summaries,
+            new_faces,
+        }))
+    }
+
+    /// The summary path: files the new faces under the committed persons from their summaries
+    /// alone (`facegroup_core::group::incremental`), then commits like any run, with the
+    /// updated summaries, and with person ids to write on the new faces only.
+    async fn assign_and_commit(
+        &self,
+        lease: &Lease,
+        cfg: GroupConfig,
+        next_person: u64,
+        input: SummaryInput,
+    ) -> Result<Committed, JobError> {
+        let min_quality = cfg.min_quality;
+        let new_count = input.new_faces.len();
+        let (groups, changed, summaries) = tokio::task::spawn_blocking(move || {
+            if fault::forced("grouping-runtime") {
+                return Err(GroupError::Faiss(
+                    "forced by FACEGROUP_TEST_FAULT=grouping-runtime".into(),
+                ));
+            }
+            let a = assign_with_summaries(&input.new_faces, &input.summaries, &cfg)?;
+            let groups = a.apply(&input.previous);
+            let mut joined: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (face, person) in &a.assigned {
+                joined.entry(person).or_default().push(face);
+            }
+            let changed = Groups {
+                persons: joined
+                    .into_iter()
+                    .map(|(p, faces)| Person::with_faces(p, faces))
+                    .collect(),
+                unassigned: a.unassigned.clone(),
+            };
+            Ok((groups, changed, a.summaries))
+        })
+        .await
+        .map_err(|e| JobError::suspect(format!("grouping thread died: {e}")))?
+        .map_err(classify)?;
+        info!(gallery_id = %lease.gallery_id, new_faces = new_count,
+              assigned = changed.persons.iter().map(|p| p.face_ids.len()).sum::<usize>(),
+              "new faces filed from the person summaries");
+        let written = Written {
+            summaries: Some((summaries, min_quality)),
+            changed: Some(changed),
+        };
+        let model_version = &self.model_version;
+        self.commit_run(
+            lease,
+            GroupMode::Incremental,
+            model_version,
+            groups,
+            next_person,
+            written,
+        )
+        .await
     }
 
     /// Step 4: writes `groups` as run `lease.token` and commits it, which releases the lease.
@@ -357,13 +587,38 @@ impl GroupingHandler {
         lease: &Lease,
         mode: GroupMode,
         model_version: &str,
-        face_count: usize,
         groups: Groups,
         next_person: u64,
+        written: Written,
     ) -> Result<Committed, JobError> {
+        // Every face of the run is in a person or unassigned.
+        let face_count = groups.face_count();
         let run_number = lease.token;
         let run_id = format!("run-{run_number:010}");
         let key = self.run_key(&lease.gallery_id, run_number);
+        // Before the run JSON: a crash after either leaves an uncommitted run, cleaned up by
+        // the next commit with its summaries.
+        let summary_key = match written.summaries {
+            Some((summaries, min_quality)) => {
+                let header = SummaryHeader {
+                    gallery_id: lease.gallery_id.clone(),
+                    run_number,
+                    model_version: model_version.to_string(),
+                    min_quality,
+                    dim: 0,
+                    persons: Vec::new(),
+                };
+                let body = summaries::encode(&header, &summaries)?;
+                drop(summaries);
+                let key = self.summary_key(&lease.gallery_id, run_number);
+                self.services
+                    .s3
+                    .put_bytes(&key, body, "application/octet-stream")
+                    .await?;
+                Some(key)
+            }
+            None => None,
+        };
         let run = GroupRun {
             gallery_id: lease.gallery_id.clone(),
             run_id: run_id.clone(),
@@ -383,6 +638,7 @@ impl GroupingHandler {
             run_number,
             key: key.clone(),
             face_count: face_count as u64,
+            summary_key,
         };
         match self.galleries.commit(lease, &commit, next_person).await? {
             Commit::Committed { rerun } => Ok(Committed {
@@ -390,6 +646,7 @@ impl GroupingHandler {
                 run_id,
                 key,
                 groups,
+                changed: written.changed,
                 rerun,
             }),
             Commit::Lost => Err(JobError::temporary(format!(
@@ -414,15 +671,14 @@ impl GroupingHandler {
         if groups == *before {
             return Ok((None, self.galleries.release(lease).await?));
         }
-        let face_count = groups.face_count();
         let mut done = self
             .commit_run(
                 lease,
                 run.mode,
                 &run.model_version,
-                face_count,
                 groups,
                 next_person,
+                Written::default(),
             )
             .await?;
         let rerun = done.rerun.take();
@@ -443,7 +699,7 @@ impl GroupingHandler {
         const MAX_CLEANED: u64 = 1000;
         let from = (previous + 1).max(current.saturating_sub(MAX_CLEANED));
         let keys: Vec<String> = (from..current)
-            .map(|n| self.run_key(gallery_id, n))
+            .flat_map(|n| [self.run_key(gallery_id, n), self.summary_key(gallery_id, n)])
             .collect();
         if keys.is_empty() {
             return;

@@ -210,12 +210,39 @@ fn run_person_ids(run: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Asserts every stored face carries the committed run's person id and run number.
+/// Asserts every stored face carries the committed run's person id, written by that run or,
+/// for faces an incremental run from summaries did not change, by an earlier one; and that the
+/// gallery records the committed run's person ids as all written.
 async fn assert_faces_match(s: &Stack, run: &Value) {
     assert_faces_match_in(s, GALLERY, run).await;
 }
 
 async fn assert_faces_match_in(s: &Stack, gallery: &str, run: &Value) {
+    let want = assignment(run);
+    let faces = s.all_faces_in(gallery).await;
+    assert_eq!(
+        faces.len(),
+        want.len(),
+        "the committed run holds every face"
+    );
+    let run_number = run["run_number"].as_i64().expect("run number");
+    for f in &faces {
+        let id = f.get_str("_id").expect("id");
+        let got = f.get_str("person_id").ok().map(str::to_string);
+        assert_eq!(Some(&got), want.get(id), "person id of {id}");
+        let by = f.get_i64("person_run").ok();
+        assert!(
+            by.is_some_and(|n| n >= 1 && n <= run_number),
+            "{id} written by run {by:?}, committed {run_number}"
+        );
+    }
+    let state = s.galleries().state(gallery).await.expect("state");
+    assert_eq!(state.person_ids_run, run_number as u64, "{gallery}");
+}
+
+/// [`assert_faces_match_in`], with every face written by the committed run itself (a run that
+/// read every face).
+async fn assert_all_faces_written_in(s: &Stack, gallery: &str, run: &Value) {
     let want = assignment(run);
     let faces = s.all_faces_in(gallery).await;
     assert_eq!(
@@ -1056,4 +1083,210 @@ async fn a_committed_run_calls_the_jobs_callback() {
         .await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].get_str("status"), Ok("delivered"));
+}
+
+/// A gallery for the summary tests: five persons of five faces and two strangers grouped by a
+/// full job (run 1, which leaves person summaries), then new faces: two more of each person,
+/// a new stranger and two faces of a new person. Returns the committed run 1 and what today's
+/// full-read incremental grouping (`assign_new_faces` over every stored face) makes of it.
+async fn grouped_then_new_faces(
+    s: &Stack,
+    gallery: &str,
+) -> (Value, BTreeMap<String, Option<String>>) {
+    for p in 0..5 {
+        s.add_faces_in(gallery, p, 0, 5).await;
+    }
+    for p in [100, 101] {
+        s.add_faces_in(gallery, p, 0, 1).await;
+    }
+    s.send(&s.queue, json!({"gallery_id": gallery, "mode": "full"}))
+        .await;
+    s.drain(0).await;
+    let run1 = s.committed_run_in(gallery).await;
+    assert_eq!(run1["persons"].as_array().map(Vec::len), Some(5), "{run1}");
+    let state = s.galleries().state(gallery).await.expect("state");
+    let summary_key = state
+        .committed
+        .as_ref()
+        .and_then(|c| c.summary_key.clone())
+        .expect("a full run leaves person summaries");
+    assert!(s.keys(&summary_key).await.contains(&summary_key));
+    assert_eq!(state.person_ids_run, 1);
+
+    for p in 0..5 {
+        s.add_faces_in(gallery, p, 5, 2).await;
+    }
+    s.add_faces_in(gallery, 102, 0, 1).await;
+    s.add_faces_in(gallery, 103, 0, 2).await;
+    let faces = MongoStore::from_client(&s.db)
+        .gallery_faces(gallery, MODEL_VERSION)
+        .await
+        .expect("faces");
+    let previous = facegroup_core::Groups {
+        persons: serde_json::from_value(run1["persons"].clone()).expect("persons"),
+        unassigned: serde_json::from_value(run1["unassigned"].clone()).expect("unassigned"),
+    };
+    let cfg = facegroup_core::GroupConfig::default();
+    let expected = facegroup_core::assign_new_faces(&faces, &previous, &cfg, None).expect("assign");
+    let expected = assignment(&serde_json::to_value(&expected).expect("json"));
+    // The scene exercises both outcomes: new faces joining persons, new faces left out.
+    let new_joined =
+        (0..5).filter(|p| expected[&format!("{gallery}/p{p}-img5:{MODEL_VERSION}:0")].is_some());
+    assert_eq!(new_joined.count(), 5, "{expected:?}");
+    assert_eq!(
+        expected[&format!("{gallery}/p103-img0:{MODEL_VERSION}:0")],
+        None
+    );
+    (run1, expected)
+}
+
+/// The `person_run` of every stored face of `gallery`, by face id.
+async fn person_runs(s: &Stack, gallery: &str) -> BTreeMap<String, Option<i64>> {
+    s.all_faces_in(gallery)
+        .await
+        .iter()
+        .map(|f| {
+            (
+                f.get_str("_id").expect("id").to_string(),
+                f.get_i64("person_run").ok(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that the committed run of `gallery` came from the summary path: old faces still
+/// carry run `old`'s `person_run` (only the new faces were written) and every face's person id
+/// is the committed run's.
+async fn assert_only_new_faces_written(s: &Stack, gallery: &str, run: &Value, old: &Value) {
+    let want = assignment(run);
+    let old_faces = assignment(old);
+    let (n, o) = (run["run_number"].as_i64(), old["run_number"].as_i64());
+    for f in s.all_faces_in(gallery).await {
+        let id = f.get_str("_id").expect("id");
+        let got = f.get_str("person_id").ok().map(str::to_string);
+        assert_eq!(Some(&got), want.get(id), "person id of {id}");
+        let expected_run = if old_faces.contains_key(id) { o } else { n };
+        assert_eq!(f.get_i64("person_run").ok(), expected_run, "{id}");
+    }
+}
+
+/// (a) An incremental job with person summaries files the new faces as today's full-read
+/// `assign_new_faces` does, writes person ids on the new faces only, and leaves summaries for
+/// the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_job_from_summaries_assigns_as_the_full_read() {
+    let s = stack("summaries", None).await;
+    let (run1, expected) = grouped_then_new_faces(&s, GALLERY).await;
+    s.send_job("incremental").await;
+    s.drain(1).await;
+    let run2 = s.committed_run().await;
+    assert_eq!(run2["mode"], "incremental");
+    assert_eq!(assignment(&run2), expected);
+    assert_eq!(run2["face_count"].as_u64(), Some(expected.len() as u64));
+    assert_only_new_faces_written(&s, GALLERY, &run2, &run1).await;
+    let state = s.galleries().state(GALLERY).await.expect("state");
+    let key = state
+        .committed
+        .and_then(|c| c.summary_key)
+        .expect("summaries");
+    assert!(key.ends_with("/summaries/run-0000000002.bin"), "{key}");
+    assert_eq!(state.person_ids_run, 2);
+
+    // The next incremental job starts from run 2's summaries: one more face of person 0 joins
+    // the same person, and nothing else is rewritten.
+    s.add_faces(0, 7, 1).await;
+    s.send_job("incremental").await;
+    s.drain(2).await;
+    let run3 = s.committed_run().await;
+    let mut expected3 = expected.clone();
+    let person0 = expected[&face(0, 0)].clone();
+    expected3.insert(face(0, 7), person0);
+    assert_eq!(assignment(&run3), expected3);
+    let runs = person_runs(&s, GALLERY).await;
+    assert_eq!(runs[&face(0, 7)], Some(3));
+    assert_eq!(runs[&face(0, 5)], Some(2));
+    assert_eq!(runs[&face(0, 0)], Some(1));
+}
+
+/// (b) The summary path reads no old face: with every old face's stored embedding replaced by
+/// garbage, an incremental job still files the new faces as the reference does, while a full
+/// job, which reads every face, fails on them and commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_job_from_summaries_reads_no_old_face() {
+    let s = stack("summaries-old", None).await;
+    let (run1, expected) = grouped_then_new_faces(&s, GALLERY).await;
+    let garbage = Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: vec![0xff; 3],
+    };
+    let broken = s
+        .faces()
+        .update_many(
+            doc! {"gallery_id": GALLERY, "person_run": {"$exists": true}},
+            doc! {"$set": {"embedding": garbage}},
+        )
+        .await
+        .expect("break old embeddings");
+    assert_eq!(broken.modified_count, 27, "every face of run 1");
+
+    s.send_job("incremental").await;
+    s.drain(1).await;
+    let run2 = s.committed_run().await;
+    assert_eq!(assignment(&run2), expected);
+    assert_only_new_faces_written(&s, GALLERY, &run2, &run1).await;
+
+    // A full job reads the broken embeddings: it fails for good and the run stays.
+    s.send_job("full").await;
+    s.run_worker(2).await;
+    let after = s.committed_run().await;
+    assert_eq!(after["run_number"], run2["run_number"]);
+}
+
+/// (c) Without usable summaries an incremental job reads every face, with today's result:
+/// the summary object deleted, replaced by one made for another run, or the committed run's
+/// person ids not all written (its job died after the commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_job_without_usable_summaries_reads_every_face() {
+    let s = stack("summaries-fallback", None).await;
+    let cases = ["missing", "stale", "unwritten"];
+    let mut scenes = Vec::new();
+    for g in cases {
+        scenes.push(grouped_then_new_faces(&s, g).await);
+    }
+    let summary_key = |g: &str| facegroup_worker::summaries::summary_key("groups/", g, 1);
+    s.s3.delete_object()
+        .bucket(&s.bucket)
+        .key(summary_key("missing"))
+        .send()
+        .await
+        .expect("delete summaries");
+    let bytes = s.bytes(&summary_key("stale")).await;
+    let (mut header, summaries) =
+        facegroup_worker::summaries::decode(&bytes).expect("decode summaries");
+    header.run_number = 7;
+    let stale = facegroup_worker::summaries::encode(&header, &summaries).expect("encode");
+    s.upload(&summary_key("stale"), stale).await;
+    s.db.database("huemn")
+        .collection::<Document>("galleries")
+        .update_one(
+            doc! {"_id": "unwritten"},
+            doc! {"$set": {"grouping.person_ids_run": 0_i64}},
+        )
+        .await
+        .expect("unmark person ids");
+
+    for (i, (g, (_, expected))) in cases.iter().zip(&scenes).enumerate() {
+        s.send(&s.queue, json!({"gallery_id": g, "mode": "incremental"}))
+            .await;
+        s.drain(1 + i).await;
+        let run2 = s.committed_run_in(g).await;
+        assert_eq!(&assignment(&run2), expected, "{g}");
+        // The full read writes every face's person id again.
+        assert_all_faces_written_in(&s, g, &run2).await;
+        let state = s.galleries().state(g).await.expect("state");
+        assert!(
+            state.committed.and_then(|c| c.summary_key).is_some(),
+            "{g}: new summaries"
+        );
+    }
 }

@@ -19,7 +19,8 @@
 //!   rerun:       true                     // a job was coalesced into the current lease
 //!   rerun_full:  true                     //   ... and one of them asked for a full regroup
 //!   rerun_min_quality: 0.3                //   ... and the last one setting it, this quality
-//!   committed:   {run_id, run_number, key, face_count, committed_at}
+//!   committed:   {run_id, run_number, key, face_count, committed_at, summary_key?}
+//!   person_ids_run: u64                   // highest run whose person ids are all on the faces
 //!   next_person: u64                      // person-N numbers below this are used up
 //!   commits:     [run_number, ...]        // the last 100 commits, in commit order
 //!   purged_below: u64                     // run JSONs below this number were deleted
@@ -129,6 +130,10 @@ pub struct CommittedRun {
     /// S3 key of the run JSON (exists: it is written before the commit).
     pub key: String,
     pub face_count: u64,
+    /// S3 key of the run's person summaries (`facegroup_core::group::incremental`), written
+    /// before the commit like the run JSON; `None` for runs without them (edits, runs under
+    /// corrections, runs written before summaries existed).
+    pub summary_key: Option<String>,
 }
 
 /// What a job starts from: the committed run, if any, and the next free person number.
@@ -141,6 +146,10 @@ pub struct GroupingState {
     pub purged_below: u64,
     /// The gallery was deleted.
     pub deleted: bool,
+    /// The highest run whose person ids were all written onto the faces
+    /// ([`GalleryStore::mark_person_ids_written`]); 0 when none. Only when it is the committed
+    /// run do the faces' `person_run` fields tell new faces from grouped ones.
+    pub person_ids_run: u64,
 }
 
 /// Outcome of [`GalleryStore::acquire`].
@@ -386,19 +395,23 @@ impl GalleryStore {
         next_person: u64,
     ) -> Result<Commit, GalleryError> {
         let now = DateTime::now();
+        let mut committed = doc! {
+            "run_id": &run.run_id,
+            "run_number": run.run_number as i64,
+            "key": &run.key,
+            "face_count": run.face_count as i64,
+            "committed_at": now,
+        };
+        if let Some(key) = &run.summary_key {
+            committed.insert("summary_key", key);
+        }
         let before = self
             .galleries
             .find_one_and_update(
                 doc! {"_id": &lease.gallery_id, "grouping.lease.token": lease.token as i64},
                 doc! {
                     "$set": {
-                        "grouping.committed": {
-                            "run_id": &run.run_id,
-                            "run_number": run.run_number as i64,
-                            "key": &run.key,
-                            "face_count": run.face_count as i64,
-                            "committed_at": now,
-                        },
+                        "grouping.committed": committed,
                         "grouping.next_person": next_person as i64,
                         "updated_at": now,
                     },
@@ -442,6 +455,23 @@ impl GalleryStore {
         Ok(())
     }
 
+    /// Records that every person id of run `run_number` is on the faces (after
+    /// `MongoStore::set_person_ids`); never moves backwards, so a slow older job cannot claim
+    /// a newer run's writes.
+    pub async fn mark_person_ids_written(
+        &self,
+        gallery_id: &str,
+        run_number: u64,
+    ) -> Result<(), GalleryError> {
+        self.galleries
+            .update_one(
+                doc! {"_id": gallery_id},
+                doc! {"$max": {"grouping.person_ids_run": run_number as i64}},
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The gallery's current state (for readers and tests; jobs get it from `acquire`).
     pub async fn state(&self, gallery_id: &str) -> Result<GroupingState, GalleryError> {
         match self.galleries.find_one(doc! {"_id": gallery_id}).await? {
@@ -479,6 +509,7 @@ impl Default for GroupingState {
             next_person: 1,
             purged_below: 1,
             deleted: false,
+            person_ids_run: 0,
         }
     }
 }
@@ -504,6 +535,7 @@ fn state_of(d: &Document) -> Result<GroupingState, StoreError> {
                 .map_err(|_| bad("committed.key"))?
                 .to_string(),
             face_count: get_u64(c, "face_count").unwrap_or(0),
+            summary_key: c.get_str("summary_key").ok().map(str::to_string),
         }),
         Err(_) => None,
     };
@@ -512,6 +544,7 @@ fn state_of(d: &Document) -> Result<GroupingState, StoreError> {
         next_person: get_u64(g, "next_person").unwrap_or(1).max(1),
         purged_below: get_u64(g, "purged_below").unwrap_or(1).max(1),
         deleted,
+        person_ids_run: get_u64(g, "person_ids_run").unwrap_or(0),
     })
 }
 
@@ -562,6 +595,7 @@ mod tests {
                 run_number: 7,
                 key: "groups/g/r7.json".into(),
                 face_count: 3,
+                summary_key: None,
             })
         );
         assert_eq!(s.next_person, 12);

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod mongo;
 pub mod s3;
 pub mod sqs;
+pub mod summaries;
 pub mod thumbs;
 
 use std::sync::Arc;

@@ -133,10 +133,12 @@ impl MongoStore {
                     .build(),
             )
             .await?;
+        // Its prefix serves `gallery_faces`; `person_run` lets `new_faces` find the faces no
+        // run has written without scanning the gallery.
         self.faces
             .create_index(
                 IndexModel::builder()
-                    .keys(doc! {"gallery_id": 1, "model_version": 1})
+                    .keys(doc! {"gallery_id": 1, "model_version": 1, "person_run": 1})
                     .build(),
             )
             .await?;
@@ -528,6 +530,28 @@ impl MongoStore {
         let mut cursor = self
             .faces
             .find(doc! {"gallery_id": gallery_id, "model_version": model_version})
+            .await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            out.push(face_record(&d)?.group_input());
+        }
+        Ok(out)
+    }
+
+    /// The gallery's faces of one model version that no grouping run has written yet (no
+    /// `person_run`, see [`set_person_ids`](Self::set_person_ids)): the faces detected since
+    /// the last run whose person ids were all written. An index range (`person_run` null),
+    /// not a scan of the gallery.
+    pub async fn new_faces(
+        &self,
+        gallery_id: &str,
+        model_version: &str,
+    ) -> Result<Vec<FaceInput>, StoreError> {
+        let mut cursor = self
+            .faces
+            .find(
+                doc! {"gallery_id": gallery_id, "model_version": model_version, "person_run": null},
+            )
             .await?;
         let mut out = Vec::new();
         while let Some(d) = cursor.try_next().await? {

@@ -29,6 +29,7 @@ fn run(n: u64) -> CommittedRun {
         run_number: n,
         key: format!("groups/g/run-{n}.json"),
         face_count: 1,
+        summary_key: None,
     }
 }
 

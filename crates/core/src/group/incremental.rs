@@ -22,6 +22,9 @@
 //! beyond the face's `k` nearest can still be chosen. On a small gallery, where the graph reaches
 //! every person, the results are identical (tested below).
 //!
+//! The grouping worker stores the summaries with each committed run and takes this path for
+//! incremental jobs (its `handler` module doc says when it falls back to reading every face).
+//!
 //! Not kept: exemplar faces. The linkage needs only the sum, and the representative of a person
 //! does not change while faces are only attached; the next full run recomputes it.
 

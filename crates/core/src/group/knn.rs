@@ -26,7 +26,10 @@
 //!    centroid. The old design used `2 sqrt(N)` lists, so a list held `sqrt(N) / 2` faces from
 //!    ever more people and the chance that two faces of one person share a list fell with `N`
 //!    (same-person edge recall 0.98 at 100k, 0.56 at 1M). A bounded list holds a bounded number of
-//!    people whatever `N`, so that chance, and the recall, stay put.
+//!    people whatever `N`, which was meant to keep that chance, and the recall, put; measured, it
+//!    only slows the fall (0.979 at 100k, 0.974 at 300k, 0.839 at 1M): a person without a
+//!    centroid of its own has its faces' list rankings decided half by its noise, and with
+//!    `N / list_size` lists two of its faces meet in one less often (`docs/scale.md`).
 //! 2. **Spill.** Each face is stored in its [`KnnConfig::partition_spill`] nearest lists and
 //!    searched, exactly (one dense matrix product per list), against the faces stored in its
 //!    nearest list; the graph is then symmetrised ([`symmetrise`]): an edge is lost only when both

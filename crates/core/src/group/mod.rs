@@ -22,12 +22,11 @@
 //! | lfw-dev | 0.995/0.996/0.996, 0.990/0.994/0.992 | 0.999/0.982/0.991, 0.998/0.969/0.983 | 0.999/0.971/0.985, 0.999/0.913/0.954 | 0.999/0.938/0.968, 0.999/0.894/0.944 |
 //! | lfw-dev fold 0 / 1 | 0.999/0.996/0.997, 0.996/0.992/0.994 / 0.995/0.997/0.996, 0.997/0.995/0.996 | | | |
 //!
-//! Speed (`cargo bench -p facegroup-core --bench grouping -- 10000,100000`, random-plus-clustered
-//! synthetic faces, 2 CPU cores shared with other builds): 10k faces: graph 3.0 s (exact),
-//! clustering 0.09 s; 100k: graph 17-21 s (partitioned search, spill 8; recall of same-person
-//! edges 0.98), clustering 2.1 s, 505 MiB peak; 1M: graph 274 s, clustering 38 s, 4.6 GiB, but
-//! same-person edge recall falls to 0.56 there, so galleries of a million faces need a wider
-//! spill or the GPU index. Memory is O(N (d + k)).
+//! Speed (`cargo bench -p facegroup-core --bench grouping -- 100000,1000000`, synthetic faces,
+//! the quiet 2-core machine; lines in `docs/scale.md`): 100k uniform faces: graph 11.1 s
+//! (partitioned search, same-person edge recall 0.979), clustering 11.3 s, 395 MiB peak; 1M:
+//! graph 220 s, clustering 142 s, recall 0.839, 3.76 GiB: short of the 1M targets (recall
+//! 0.95, 180 s, 3 GiB), for the reasons `docs/scale.md` gives. Memory is O(N (d + k)).
 
 // The evaluation methods are not part of the grouping API: `eval` is for the CLI's
 // `eval-groups`, tests and benches.
