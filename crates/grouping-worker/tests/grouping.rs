@@ -218,24 +218,14 @@ async fn assert_faces_match(s: &Stack, run: &Value) {
 }
 
 async fn assert_faces_match_in(s: &Stack, gallery: &str, run: &Value) {
-    let want = assignment(run);
-    let faces = s.all_faces_in(gallery).await;
-    assert_eq!(
-        faces.len(),
-        want.len(),
-        "the committed run holds every face"
-    );
-    let run_number = run["run_number"].as_i64().expect("run number");
-    for f in &faces {
-        let id = f.get_str("_id").expect("id");
-        let got = f.get_str("person_id").ok().map(str::to_string);
-        assert_eq!(Some(&got), want.get(id), "person id of {id}");
-        let by = f.get_i64("person_run").ok();
+    let run_number = check_faces(s, gallery, run, |id, by| {
         assert!(
-            by.is_some_and(|n| n >= 1 && n <= run_number),
-            "{id} written by run {by:?}, committed {run_number}"
+            by.is_some_and(|n| n >= 1 && n <= run["run_number"].as_i64().unwrap_or(0)),
+            "{id} written by run {by:?}, committed {}",
+            run["run_number"]
         );
-    }
+    })
+    .await;
     let state = s.galleries().state(gallery).await.expect("state");
     assert_eq!(state.person_ids_run, run_number as u64, "{gallery}");
 }
@@ -243,6 +233,21 @@ async fn assert_faces_match_in(s: &Stack, gallery: &str, run: &Value) {
 /// [`assert_faces_match_in`], with every face written by the committed run itself (a run that
 /// read every face).
 async fn assert_all_faces_written_in(s: &Stack, gallery: &str, run: &Value) {
+    let run_number = run["run_number"].as_i64().expect("run number");
+    check_faces(s, gallery, run, |id, by| {
+        assert_eq!(by, Some(run_number), "{id} written by the committed run");
+    })
+    .await;
+}
+
+/// Checks that the gallery holds exactly the committed run's faces with its person ids, and
+/// passes each face's id and `person_run` to `written`; returns the run number.
+async fn check_faces(
+    s: &Stack,
+    gallery: &str,
+    run: &Value,
+    written: impl Fn(&str, Option<i64>),
+) -> i64 {
     let want = assignment(run);
     let faces = s.all_faces_in(gallery).await;
     assert_eq!(
@@ -250,17 +255,13 @@ async fn assert_all_faces_written_in(s: &Stack, gallery: &str, run: &Value) {
         want.len(),
         "the committed run holds every face"
     );
-    let run_number = run["run_number"].as_i64().expect("run number");
     for f in &faces {
         let id = f.get_str("_id").expect("id");
         let got = f.get_str("person_id").ok().map(str::to_string);
         assert_eq!(Some(&got), want.get(id), "person id of {id}");
-        assert_eq!(
-            f.get_i64("person_run").ok(),
-            Some(run_number),
-            "{id} written by the committed run"
-        );
+        written(id, f.get_i64("person_run").ok());
     }
+    run["run_number"].as_i64().expect("run number")
 }
 
 /// S3 keys a recording shows read with GET (path-style `/{bucket}/{key}`).
