@@ -306,6 +306,10 @@ async fn a_job_whose_message_is_gone_is_cancelled_before_its_commit() {
     let mut cfg = consumer_config(&queue, &dir);
     cfg.visibility_secs = 1;
     cfg.heartbeat = Duration::from_secs(3);
+    // One slot, held by the sleeping job: the worker asks SQS for nothing more, so when the
+    // message turns visible only this test's receive can take it. (With free slots the worker's
+    // own long poll won that race under load and the takeover never happened.)
+    cfg.max_in_flight = 1;
     let task = tokio::spawn(consume(
         cfg,
         sqs.clone(),
