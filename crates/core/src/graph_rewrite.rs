@@ -18,7 +18,7 @@
 //! `(-s) * (-x) = s * x`, one rounded product, as `PRelu` computes it. Measured on w600k_mbf, one
 //! thread: 19.0 ms per face as exported, 11.8 ms with the earlier `Max(x, x * s)` form (whose
 //! `Max` still forced the reorders), 10.4 ms with this one; outputs bit-identical
-//! (`embed::tests` and the parity test check the embeddings).
+//! (the parity test checks the embeddings).
 //!
 //! The model is edited at the protobuf wire level so no ONNX schema or code generator is
 //! needed: only `ModelProto.graph` (7), `GraphProto.node` (1) and `.initializer` (5),
@@ -27,7 +27,7 @@
 //! field is copied through byte for byte. New nodes carry `AttributeProto`s (name 1, i 3,
 //! ints 8, type 20) and new initializers are appended to the graph.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Returns the model with every eligible `PRelu` replaced, or `None` when nothing changed.
 /// A `PRelu` stays as it is unless its slope is a float initializer of shape `[C, 1, 1]` or
@@ -53,13 +53,14 @@ pub fn rewrite_prelu(model: &[u8]) -> Result<Option<Vec<u8>>, String> {
 fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), String> {
     let fields = parse(graph)?;
     let mut slopes: HashMap<String, Vec<f32>> = HashMap::new();
-    for f in &fields {
+    // The graph field holding each slope, so dropping it below needs no second parse.
+    let mut slope_fields: HashMap<usize, String> = HashMap::new();
+    for (i, f) in fields.iter().enumerate() {
         if let (5, Value::Bytes(t)) = (f.number, &f.value) {
             if let Some(t) = float_tensor(t)? {
-                if let Some(channels) = per_channel(&t.dims) {
-                    if t.values.len() == channels {
-                        slopes.insert(t.name, t.values);
-                    }
+                if per_channel(&t.dims) == Some(t.values.len()) {
+                    slope_fields.insert(i, t.name.clone());
+                    slopes.insert(t.name, t.values);
                 }
             }
         }
@@ -67,7 +68,7 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), String> {
     // A slope read by nothing but the PRelus rewritten here is dropped with them (ONNX Runtime
     // would warn about each unused initializer at every load).
     let mut nodes = Vec::new();
-    let mut other_uses: HashMap<&str, usize> = HashMap::new();
+    let mut other_uses: HashSet<&str> = HashSet::new();
     for f in &fields {
         if let (1, Value::Bytes(node)) = (f.number, &f.value) {
             let n = parse_node(node)?;
@@ -75,7 +76,7 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), String> {
             for (i, input) in n.inputs.iter().enumerate() {
                 if !(own_slope && i == 1) {
                     if let Some((name, _)) = slopes.get_key_value(input.as_str()) {
-                        *other_uses.entry(name.as_str()).or_default() += 1;
+                        other_uses.insert(name.as_str());
                     }
                 }
             }
@@ -86,12 +87,9 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, usize), String> {
     let mut initializers = Vec::new();
     let mut changed = 0;
     let mut nodes = nodes.into_iter();
-    for f in &fields {
-        if let (5, Value::Bytes(t)) = (f.number, &f.value) {
-            let dropped = float_tensor(t)?.is_some_and(|t| {
-                slopes.contains_key(&t.name) && !other_uses.contains_key(t.name.as_str())
-            });
-            if !dropped {
+    for (i, f) in fields.iter().enumerate() {
+        if let Some(name) = slope_fields.get(&i) {
+            if other_uses.contains(name.as_str()) {
                 f.write(&mut out);
             }
             continue;

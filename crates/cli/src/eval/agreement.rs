@@ -8,6 +8,7 @@
 
 use anyhow::Result;
 use facegroup_core::group::GroupConfig;
+use facegroup_core::BBox;
 use serde_json::json;
 
 use super::cache::Photo;
@@ -81,15 +82,13 @@ pub fn report(
     Ok(())
 }
 
+/// Core's [`BBox::iou`] of two cached `[x1, y1, x2, y2]` boxes.
 fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
+    let bbox = |r: &[f32; 4]| BBox {
+        x1: r[0],
+        y1: r[1],
+        x2: r[2],
+        y2: r[3],
+    };
+    bbox(a).iou(&bbox(b))
 }

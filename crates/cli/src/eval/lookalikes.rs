@@ -5,7 +5,7 @@
 //!
 //! Relatives are not labelled in the dev sets; the closest means are the nearest stand-in (the
 //! same failure: one person absorbing another who is close but not the same), and
-//! `crates/cli/tests/lookalikes.rs` keeps the closest pairs apart at the defaults.
+//! `lookalike_identities_stay_apart_at_the_defaults` (`crates/cli/tests/cli.rs`) keeps the closest pairs apart at the defaults.
 
 use std::collections::BTreeMap;
 
