@@ -527,15 +527,8 @@ impl MongoStore {
         gallery_id: &str,
         model_version: &str,
     ) -> Result<Vec<FaceInput>, StoreError> {
-        let mut cursor = self
-            .faces
-            .find(doc! {"gallery_id": gallery_id, "model_version": model_version})
-            .await?;
-        let mut out = Vec::new();
-        while let Some(d) = cursor.try_next().await? {
-            out.push(face_record(&d)?.group_input());
-        }
-        Ok(out)
+        self.group_inputs(doc! {"gallery_id": gallery_id, "model_version": model_version})
+            .await
     }
 
     /// The gallery's faces of one model version that no grouping run has written yet (no
@@ -547,12 +540,15 @@ impl MongoStore {
         gallery_id: &str,
         model_version: &str,
     ) -> Result<Vec<FaceInput>, StoreError> {
-        let mut cursor = self
-            .faces
-            .find(
-                doc! {"gallery_id": gallery_id, "model_version": model_version, "person_run": null},
-            )
-            .await?;
+        self.group_inputs(
+            doc! {"gallery_id": gallery_id, "model_version": model_version, "person_run": null},
+        )
+        .await
+    }
+
+    /// The grouping input of every face matching `filter`.
+    async fn group_inputs(&self, filter: Document) -> Result<Vec<FaceInput>, StoreError> {
+        let mut cursor = self.faces.find(filter).await?;
         let mut out = Vec::new();
         while let Some(d) = cursor.try_next().await? {
             out.push(face_record(&d)?.group_input());
