@@ -9,6 +9,7 @@
 //! - `recall_all`: mean recall@k of the graph against exact search, for 500 faces spread over
 //!   the set; `recall_same`: the share of their true top-k neighbours with cos >= 0.3 (i.e.
 //!   same-person edges, which are what clustering needs) that the graph holds.
+//! - `graph_peak_mib`: the same, to the end of the graph build.
 //! - `peak_mib`: the process's peak resident memory from the generated faces to the end of
 //!   clustering (reset before each size; includes the embeddings, `N d` floats).
 //!
@@ -41,6 +42,11 @@ const STRONG: f32 = 0.3;
 const QUERIES: usize = 500;
 
 fn main() {
+    // RUST_LOG=facegroup_core=debug prints the kNN stages' timings on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
@@ -86,6 +92,7 @@ fn main() {
                 }
             };
             let graph_s = t.elapsed().as_secs_f64();
+            let graph_peak_mib = peak_rss_mib();
             let seeds = vec![true; n];
             let tags: Vec<Vec<u32>> = faces.images.iter().map(|&p| vec![p]).collect();
             let t = Instant::now();
@@ -97,6 +104,7 @@ fn main() {
                 seeds: &seeds,
                 must_link: &[],
                 graph: &graph,
+                link: cfg.link_threshold,
                 threshold: MergeThreshold {
                     pair: cfg.pair_threshold,
                     floor: cfg.merge_threshold,
@@ -110,7 +118,7 @@ fn main() {
             println!(
                 "grouping n={n} dist={} graph_s={graph_s:.2} cluster_s={cluster_s:.2} \
                  recall_all={recall_all:.4} recall_same={recall_same:.4} persons={persons} \
-                 true_persons={} peak_mib={peak_mib:.0}",
+                 true_persons={} graph_peak_mib={graph_peak_mib:.0} peak_mib={peak_mib:.0}",
                 dist.name(),
                 faces.persons
             );

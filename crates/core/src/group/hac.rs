@@ -9,9 +9,16 @@
 //! Why it is cheap: for unit vectors the mean pairwise cosine of clusters A and B is
 //! `dot(sum A, sum B) / (|A| |B|)`, so the *exact* average linkage of any two clusters costs
 //! one d-dimensional dot product given each cluster's embedding sum. The kNN graph only
-//! decides which clusters are compared (those joined by an edge at or above the lowest
-//! threshold, since a mean at or above it needs at least one pair at or above it); the linkage is
-//! never truncated by `k`, so large clusters are not penalised for pairs outside the graph.
+//! decides which clusters are compared (those joined by an edge at or above `link`, never
+//! below the lowest threshold, since a mean at or above it needs at least one pair at or above
+//! it); the linkage is never truncated by `k`, so large clusters are not penalised for pairs
+//! outside the graph.
+//!
+//! Cost: each merge re-scores the merged cluster against every cluster it has an edge to, one
+//! dot product each, so a person of `m` faces costs about `m * a` dot products, `a` its
+//! clusters' adjacency. With `link` at the merge floor (0.10) `a` was most of the person's
+//! `m k` edges, its faces' nearest strangers included (`m^2 k / 2` in all); at 0.20 strangers
+//! are rarely adjacent and `a` is about the person's own remaining clusters.
 //!
 //! Why a cohesion test on top of the size-aware threshold: the threshold alone lets two large
 //! clusters merge at an average of `floor`, because the average of many pairs of strangers is
@@ -47,6 +54,9 @@ pub struct HacInput<'a> {
     pub seeds: &'a [bool],
     pub must_link: &'a [Vec<usize>],
     pub graph: &'a KnnGraph,
+    /// Weakest graph edge that makes two clusters candidates (never below the lowest merge
+    /// threshold, since a mean needs at least one pair at or above it).
+    pub link: f32,
     pub threshold: MergeThreshold,
     pub cohesion: Cohesion,
 }
@@ -133,6 +143,7 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         seeds,
         must_link,
         graph,
+        link,
         threshold,
         cohesion,
     } = *input;
@@ -146,23 +157,44 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         norm2: vec![1.0; n],
         cohesion,
         size: vec![1; n],
-        photos: tags.to_vec(),
+        tags,
+        photos: vec![Vec::new(); n],
         version: vec![0; n],
         parent: (0..n).collect(),
     };
-    let mut adjacent: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for i in (0..n).filter(|&i| seeds[i]) {
-        for (j, s) in graph.row(i) {
-            if seeds[j] && s >= threshold.lowest() && images[i] != images[j] {
-                adjacent[i].push(j as u32);
-                adjacent[j].push(i as u32);
-            }
+    // Counted first so that each list is allocated once at its size (at 1M faces, growing
+    // 1M lists by doubling left a third of their memory unused).
+    let edges = |i: usize| {
+        let floor = link.max(threshold.lowest());
+        graph
+            .row(i)
+            .filter(move |&(j, s)| seeds[i] && seeds[j] && s >= floor && images[i] != images[j])
+            .map(|(j, _)| j)
+    };
+    let mut degree = vec![0u32; n];
+    for i in 0..n {
+        for j in edges(i) {
+            degree[i] += 1;
+            degree[j] += 1;
+        }
+    }
+    let mut adjacent: Vec<Vec<u32>> = degree
+        .iter()
+        .map(|&d| Vec::with_capacity(d as usize))
+        .collect();
+    drop(degree);
+    for i in 0..n {
+        for j in edges(i) {
+            adjacent[i].push(j as u32);
+            adjacent[j].push(i as u32);
         }
     }
     let mut heap = BinaryHeap::new();
     for (i, adj) in adjacent.iter_mut().enumerate() {
         adj.sort_unstable();
         adj.dedup();
+        // Mutual edges appear twice.
+        adj.shrink_to_fit();
         for &j in adj.iter().filter(|&&j| (j as usize) > i) {
             state.push_if_close(&mut heap, i, j as usize, threshold);
         }
@@ -213,7 +245,10 @@ fn join(
     // Keep the smaller index as the cluster's id so results do not depend on heap order.
     let (keep, gone) = (a.min(b), a.max(b));
     state.merge(keep, gone);
-    let mut merged = std::mem::take(&mut adjacent[keep]);
+    let mut before = std::mem::take(&mut adjacent[keep]);
+    before.sort_unstable();
+    before.dedup();
+    let mut merged = before.clone();
     merged.append(&mut adjacent[gone]);
     merged.retain(|&c| {
         let c = c as usize;
@@ -222,7 +257,12 @@ fn join(
     merged.sort_unstable();
     merged.dedup();
     for &c in &merged {
-        adjacent[c as usize].push(keep as u32);
+        // A neighbour `keep` already had holds `keep` in its own list (adjacency is kept
+        // symmetric); pushing it again on every merge of a large cluster grew each of its
+        // neighbours' lists by one entry per merge (m^2 entries for a person of m faces).
+        if before.binary_search(&c).is_err() {
+            adjacent[c as usize].push(keep as u32);
+        }
         state.push_if_close(heap, keep, c as usize, threshold);
     }
     adjacent[keep] = merged;
@@ -246,6 +286,9 @@ struct State<'a> {
     size: Vec<u32>,
     /// Sorted exclusion tags (photo ids, cannot-link tags) of each live cluster.
     photos: Vec<Vec<u32>>,
+    /// Each face's own tags: a cluster of one face reads its tags here, so clustering copies
+    /// no tag list until clusters merge.
+    tags: &'a [Vec<u32>],
     version: Vec<u32>,
     parent: Vec<usize>,
 }
@@ -271,7 +314,16 @@ impl State<'_> {
 
     /// True when clusters `a` and `b` share an exclusion tag (a photo or a cannot-link).
     fn share_photo(&self, a: usize, b: usize) -> bool {
-        super::constraints::intersect(&self.photos[a], &self.photos[b])
+        super::constraints::intersect(self.tags_of(a), self.tags_of(b))
+    }
+
+    /// Sorted exclusion tags of the live cluster rooted at `a`.
+    fn tags_of(&self, a: usize) -> &[u32] {
+        if self.size[a] == 1 {
+            &self.tags[a]
+        } else {
+            &self.photos[a]
+        }
     }
 
     /// The live cluster face `i` belongs to.
@@ -342,11 +394,19 @@ impl State<'_> {
             }
             self.free.push(gone_slot);
         }
-        self.size[keep] += self.size[gone];
-        let gone_photos = std::mem::take(&mut self.photos[gone]);
-        let photos = &mut self.photos[keep];
-        photos.extend(gone_photos);
+        // Before the sizes change: a single face's tags are read from `tags`.
+        let mut photos = std::mem::take(&mut self.photos[keep]);
+        if self.size[keep] == 1 {
+            photos.extend_from_slice(&self.tags[keep]);
+        }
+        if self.size[gone] == 1 {
+            photos.extend_from_slice(&self.tags[gone]);
+        } else {
+            photos.append(&mut self.photos[gone]);
+        }
         photos.sort_unstable();
+        self.photos[keep] = photos;
+        self.size[keep] += self.size[gone];
         self.version[keep] += 1;
         self.parent[gone] = keep;
     }

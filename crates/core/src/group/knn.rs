@@ -3,22 +3,24 @@
 //! Inner product of L2-normalised vectors is cosine similarity, so the graph is built with
 //! inner-product search. Three regimes, by the number of faces `N`:
 //!
-//! - **Exact** up to [`KnnConfig::exact_max`] faces: FAISS `IndexFlatIP`, `N^2 d` flops as dense
-//!   matrix products. The labelled eval sets and every personal library take this path, so their
+//! - **Exact** up to [`KnnConfig::exact_max`] faces: `N^2 d` multiply-adds as dense matrix
+//!   products ([`super::dense`]). The labelled eval sets and every personal library take this path, so their
 //!   grouping does not depend on any approximation below.
 //! - **Partitioned + refined** above it, on the CPU ([`partitioned_graph`], then [`refine`]).
 //! - **GPU** with the `gpu` feature and [`KnnConfig::gpu`]: exact search with fp16 vectors up to
 //!   [`KnnConfig::gpu_exact_max`] faces, an IVF index trained and searched on the GPU above
 //!   ([`gpu_search`]); the CPU only refines.
 //!
-//! Without the `faiss` feature an exact blocked search in Rust stands in, so the crate still
-//! builds where the FAISS C API is not installed.
+//! The CPU paths are pure Rust over `matrixmultiply` (AVX-512 or AVX2+FMA picked at run time):
+//! FAISS is only the GPU's, and the CPU results do not depend on whether it is built in. They
+//! ran on FAISS's flat index over Debian's OpenBLAS before, which does not recognise this
+//! machine's CPU and fell back to SSE3 kernels: the same 1M-face graph took 220 s, now 80 s.
 //!
 //! # Why partitioned + refined, and what it costs
 //!
 //! What grouping needs from the graph is the *same-person* edges (cos >= ~0.3): merges only
-//! follow edges at or above the lowest merge threshold. Those edges have a structure a generic
-//! ANN index does not exploit: one person's faces are all close to each other, so an edge a
+//! follow edges at or above [`super::GroupConfig::link_threshold`] (0.20). Those edges have
+//! a structure a generic ANN index does not exploit: one person's faces are all close to each other, so an edge a
 //! first pass misses is almost always the neighbour of a neighbour that it found.
 //!
 //! 1. **Lists of bounded size.** Spherical k-means with `L = N / list_size` centroids
@@ -27,9 +29,10 @@
 //!    ever more people and the chance that two faces of one person share a list fell with `N`
 //!    (same-person edge recall 0.98 at 100k, 0.56 at 1M). A bounded list holds a bounded number of
 //!    people whatever `N`, which was meant to keep that chance, and the recall, put; measured, it
-//!    only slows the fall (0.979 at 100k, 0.974 at 300k, 0.839 at 1M): a person without a
-//!    centroid of its own has its faces' list rankings decided half by its noise, and with
-//!    `N / list_size` lists two of its faces meet in one less often (`docs/scale.md`).
+//!    only slows the fall (with spill 4: 0.979 at 100k, 0.974 at 300k, 0.839 at 1M): a person
+//!    without a centroid of its own has its faces' list rankings decided half by its noise, and
+//!    with `N / list_size` lists two of its faces meet in one less often (`docs/scale.md`). The
+//!    spill below is what buys it back: 8 lists per face give 0.965 at 1M.
 //! 2. **Spill.** Each face is stored in its [`KnnConfig::partition_spill`] nearest lists and
 //!    searched, exactly (one dense matrix product per list), against the faces stored in its
 //!    nearest list; the graph is then symmetrised ([`symmetrise`]): an edge is lost only when both
@@ -51,14 +54,16 @@
 //! ```
 //!
 //! Search and refinement are linear in `N`; training and assignment grow as `N^2` but with a
-//! `1 / list_size` factor. With the defaults (`list_size` 500, `T` 32, `I` 10, `s` 4, `f` 12):
-//! at 100k faces train 6.6e9, assign 1.0e10, search 1.0e11 multiply-adds; at 1M faces train
-//! 6.6e11, assign 1.0e12, search 1.0e12, so past ~1M the quadratic terms dominate and the GPU
+//! `1 / list_size` factor. With the defaults (`list_size` 500, `T` 32, `I` 10, `s` 8, `f` 12):
+//! at 100k faces train 6.6e9, assign 1.0e10, search 2.0e11 multiply-adds; at 1M faces train
+//! 6.6e11, assign 1.0e12, search 2.0e12 (measured at 1M: 7 s, 12 s and 45 s, the search's
+//! small per-list products running at about half the speed of the large ones), so past a few
+//! million the quadratic terms dominate and the GPU
 //! path or the sharded build of `docs/scale.md` takes over (a two-level quantizer would make
 //! them `N^1.5`; not done). Measured figures: `docs/scale.md`. Memory: the embeddings (`N d`
 //! floats, never copied), the graph twice during refinement (`2 N k` x 8 bytes) and one list's
 //! vectors at a time.
-//! Deterministic: seeded k-means on a fixed sample, lists searched in order, every row refined
+//! Deterministic: k-means from a fixed strided sample and start, lists searched in order, every row refined
 //! independently of thread timing.
 
 use rayon::prelude::*;
@@ -89,8 +94,8 @@ pub struct KnnConfig {
     pub refine_rounds: usize,
     /// Neighbours of a face, and of each of them, that a refinement round looks through.
     pub refine_fanout: usize,
-    /// Edges below this similarity are not followed by the refinement. Default 0.2, the lowest
-    /// merge threshold of the default [`super::GroupConfig`]: weaker edges never merge anything.
+    /// Edges below this similarity are not followed by the refinement. Default 0.2, the default
+    /// [`super::GroupConfig::link_threshold`]: clustering follows no weaker edge.
     pub refine_min_similarity: f32,
     /// Inverted lists the GPU IVF index (`gpu` feature, above `gpu_exact_max`) probes per query.
     pub ivf_nprobe: usize,
@@ -122,14 +127,14 @@ impl Default for KnnConfig {
 /// Defaults of the partitioned search, chosen with the `grouping` bench at 100k uniform faces
 /// (same-person edge recall after refinement: lists of 1000 / spill 2: 0.847; 500 / 4: 0.979;
 /// 158 / 2: 0.945; 158 / 4: 0.989, but 158-face lists mean 6,300 lists at 1M and 4x the
-/// training and assignment of 500).
+/// training and assignment of 500), then the spill at 1M uniform faces (4: 0.849, 8: 0.965;
+/// 4 with 4 refinement rounds: 0.869, the rounds converge on a person's disconnected parts).
 const LIST_SIZE: usize = 500;
 const TRAIN_PER_LIST: usize = 32;
-const SPILL: usize = 4;
+const SPILL: usize = 8;
 const REFINE_ROUNDS: usize = 2;
 const REFINE_FANOUT: usize = 12;
 /// k-means iterations of the partitioned search.
-#[cfg(feature = "faiss")]
 const TRAIN_ITERS: u32 = 10;
 
 /// `k` nearest other faces of every face, most similar first. Row `i` holds `k` slots;
@@ -171,13 +176,29 @@ impl KnnGraph {
                 similarities: Vec::new(),
             });
         }
-        #[cfg(feature = "faiss")]
-        if n > cfg.exact_max && !(cfg!(feature = "gpu") && cfg.gpu) {
-            let mut graph = partitioned_graph(data, dim, n, k, cfg)?;
-            refine(&mut graph, data, dim, cfg);
+        if !(cfg!(feature = "gpu") && cfg.gpu && n > cfg.exact_max) {
+            if n > cfg.exact_max {
+                let mut graph = partitioned_graph(data, dim, n, k, cfg);
+                refine(&mut graph, data, dim, cfg);
+                return Ok(graph);
+            }
+            let mut graph = Self {
+                k,
+                neighbours: vec![u32::MAX; n * k],
+                similarities: vec![f32::NEG_INFINITY; n * k],
+            };
+            super::dense::top_k(
+                data,
+                data,
+                dim,
+                k,
+                |q, b| q == b,
+                &mut graph.neighbours,
+                &mut graph.similarities,
+            );
             return Ok(graph);
         }
-        // One extra hit: the face itself is normally its own best match and is dropped.
+        // The GPU. One extra hit: the face itself is normally its own best match and is dropped.
         let (sims, labels) = search(data, dim, n, k + 1, cfg)?;
         let mut neighbours = vec![u32::MAX; n * k];
         let mut similarities = vec![f32::NEG_INFINITY; n * k];
@@ -214,8 +235,8 @@ fn gpu_ivf(n: usize, cfg: &KnnConfig) -> bool {
     cfg!(feature = "gpu") && cfg.gpu && n > cfg.exact_max && n > cfg.gpu_exact_max
 }
 
-/// Raw `(similarities, labels)` of the `k` best matches of every vector, row-major: exact on the
-/// CPU, or on the GPU with the `gpu` feature.
+/// Raw `(similarities, labels)` of the `k` best matches of every vector, row-major, on the GPU
+/// (the CPU searches are in [`KnnGraph::build`]).
 #[cfg(feature = "faiss")]
 fn search(
     data: &[f32],
@@ -224,17 +245,8 @@ fn search(
     k: usize,
     cfg: &KnnConfig,
 ) -> Result<(Vec<f32>, Vec<i64>), GroupError> {
-    use faiss::{index_factory, Index, MetricType};
-
-    let faiss_err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
     let d = u32::try_from(dim).map_err(|_| GroupError::Faiss(format!("dimension {dim}")))?;
-    let result = if cfg!(feature = "gpu") && cfg.gpu && n > cfg.exact_max {
-        gpu_search(data, d, n, k, cfg)?
-    } else {
-        let mut index = index_factory(d, "Flat", MetricType::InnerProduct).map_err(faiss_err)?;
-        index.add(data).map_err(faiss_err)?;
-        index.search(data, k).map_err(faiss_err)?
-    };
+    let result = gpu_search(data, d, n, k, cfg)?;
     Ok((
         result.distances,
         result
@@ -299,21 +311,9 @@ fn gpu_search(
 }
 
 /// The CPU search above `exact_max` (steps 1 and 2 of the module doc), built from exact dense
-/// matrix products (BLAS), which on a CPU run several times faster per inner product than
-/// FAISS's IVF list scans. Rows exclude the face itself and are sorted, most similar first.
-#[cfg(feature = "faiss")]
-fn partitioned_graph(
-    data: &[f32],
-    dim: usize,
-    n: usize,
-    k: usize,
-    cfg: &KnnConfig,
-) -> Result<KnnGraph, GroupError> {
-    use faiss::cluster::{Clustering, ClusteringParameters};
-    use faiss::{FlatIndex, Index};
-
-    let faiss_err = |e: faiss::error::Error| GroupError::Faiss(e.to_string());
-    let d = u32::try_from(dim).map_err(|_| GroupError::Faiss(format!("dimension {dim}")))?;
+/// matrix products ([`super::dense`]). Rows exclude the face itself and are sorted, most similar
+/// first.
+fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConfig) -> KnnGraph {
     let nlist = (n / cfg.list_size.max(1)).clamp(1, n);
     let spill = cfg.partition_spill.clamp(1, nlist);
     let per_list = cfg.train_per_list.max(1);
@@ -323,36 +323,44 @@ fn partitioned_graph(
     let sample: Vec<f32> = (0..ns)
         .flat_map(|i| data[i * step * dim..(i * step + 1) * dim].iter().copied())
         .collect();
-    let mut params = ClusteringParameters::new();
-    params.set_spherical(true);
-    params.set_niter(TRAIN_ITERS);
-    // FAISS warns below 39 points per centroid; fewer suffice for partitioning.
-    params.set_min_points_per_centroid(per_list.min(39) as u32);
-    let mut clus = Clustering::new_with_params(d, nlist as u32, &params).map_err(faiss_err)?;
-    let mut qidx = FlatIndex::new_ip(d).map_err(faiss_err)?;
-    clus.train(&sample, &mut qidx).map_err(faiss_err)?;
+    let centroids = spherical_kmeans(&sample, dim, nlist, TRAIN_ITERS);
     drop(sample);
-    let centroids: Vec<f32> = clus.centroids().map_err(faiss_err)?.concat();
-    drop(clus);
     let train_s = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
-    let mut quantizer = FlatIndex::new_ip(d).map_err(faiss_err)?;
-    quantizer.add(&centroids).map_err(faiss_err)?;
-    let assign = quantizer.search(data, spill).map_err(faiss_err)?;
+    let mut lists = vec![0u32; n * spill];
+    let mut unused = vec![0f32; n * spill];
+    super::dense::top_k(
+        data,
+        &centroids,
+        dim,
+        spill,
+        |_, _| false,
+        &mut lists,
+        &mut unused,
+    );
+    drop(unused);
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); nlist];
     let mut stored: Vec<Vec<u32>> = vec![Vec::new(); nlist];
-    for (i, row) in assign.labels.chunks_exact(spill).enumerate() {
-        for (j, l) in row.iter().enumerate() {
-            if let Some(l) = l.get().filter(|&l| (l as usize) < nlist) {
-                if j == 0 {
-                    members[l as usize].push(i as u32);
-                }
-                stored[l as usize].push(i as u32);
+    for (i, row) in lists.chunks_exact(spill).enumerate() {
+        for (j, &l) in row
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| (l as usize) < nlist)
+        {
+            if j == 0 {
+                members[l as usize].push(i as u32);
             }
+            stored[l as usize].push(i as u32);
         }
     }
-    drop(assign);
+    drop(lists);
+    let pairs: usize = members
+        .iter()
+        .zip(&stored)
+        .map(|(m, s)| m.len() * s.len())
+        .sum();
+    let largest = members.iter().map(Vec::len).max().unwrap_or(0);
     let assign_s = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
@@ -368,25 +376,26 @@ fn partitioned_graph(
         }
         out
     };
+    let (mut nb, mut sm) = (Vec::new(), Vec::new());
     for (queries, base) in members.iter().zip(&stored) {
         if queries.is_empty() {
             continue;
         }
-        // One extra hit for the face itself, which is dropped.
-        let kk = (k + 1).min(base.len());
-        let mut index = FlatIndex::new_ip(d).map_err(faiss_err)?;
-        index.add(&gather(base)).map_err(faiss_err)?;
-        let r = index.search(&gather(queries), kk).map_err(faiss_err)?;
+        nb.resize(queries.len() * k, 0);
+        sm.resize(queries.len() * k, 0.0);
+        super::dense::top_k(
+            &gather(queries),
+            &gather(base),
+            dim,
+            k,
+            |q, b| queries[q] == base[b],
+            &mut nb,
+            &mut sm,
+        );
         for (qi, &q) in queries.iter().enumerate() {
             let row = q as usize * k..(q as usize + 1) * k;
-            let hits = r.labels[qi * kk..(qi + 1) * kk]
-                .iter()
-                .zip(&r.distances[qi * kk..(qi + 1) * kk])
-                .filter_map(|(l, &s)| Some((base.get(l.get()? as usize).copied()?, s)))
-                .filter(|&(b, _)| b != q)
-                .take(k);
-            for (slot, (b, s)) in row.zip(hits) {
-                graph.neighbours[slot] = b;
+            for ((slot, &b), &s) in row.zip(&nb[qi * k..(qi + 1) * k]).zip(&sm[qi * k..]) {
+                graph.neighbours[slot] = base.get(b as usize).copied().unwrap_or(u32::MAX);
                 graph.similarities[slot] = s;
             }
         }
@@ -397,13 +406,55 @@ fn partitioned_graph(
     tracing::debug!(
         nlist,
         spill,
+        pairs,
+        largest,
         train_s,
         assign_s,
         search_s,
         symmetrise_s = started.elapsed().as_secs_f64(),
         "partitioned kNN search"
     );
-    Ok(graph)
+    graph
+}
+
+/// Spherical k-means: `nlist` unit centroids of the unit rows of `sample`, started from rows
+/// taken at an even stride, `iters` rounds of assignment (one dense product) and re-centring.
+/// A centroid that attracts nothing keeps its place. Deterministic.
+fn spherical_kmeans(sample: &[f32], dim: usize, nlist: usize, iters: u32) -> Vec<f32> {
+    let ns = sample.len() / dim;
+    let stride = (ns / nlist.max(1)).max(1);
+    let mut centroids: Vec<f32> = (0..nlist)
+        .flat_map(|c| {
+            let i = (c * stride).min(ns - 1);
+            sample[i * dim..(i + 1) * dim].iter().copied()
+        })
+        .collect();
+    let mut best = vec![0u32; ns];
+    let mut unused = vec![0f32; ns];
+    for _ in 0..iters {
+        super::dense::top_k(
+            sample,
+            &centroids,
+            dim,
+            1,
+            |_, _| false,
+            &mut best,
+            &mut unused,
+        );
+        let mut sums = vec![0f32; nlist * dim];
+        for (row, &c) in sample.chunks_exact(dim).zip(&best) {
+            if let Some(sum) = sums.get_mut(c as usize * dim..(c as usize + 1) * dim) {
+                sum.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+            }
+        }
+        for (c, sum) in centroids.chunks_exact_mut(dim).zip(sums.chunks_exact(dim)) {
+            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                c.iter_mut().zip(sum).for_each(|(c, s)| *c = s / norm);
+            }
+        }
+    }
+    centroids
 }
 
 /// Neighbour-of-neighbour refinement (step 3 of the module doc): each round scores, for every
@@ -467,7 +518,7 @@ fn refine(graph: &mut KnnGraph, data: &[f32], dim: usize, cfg: &KnnConfig) {
 }
 
 /// Puts `(e, s)` into the sorted row `(nb, sm)` if it beats the worst entry; true if it did.
-fn insert_sorted(nb: &mut [u32], sm: &mut [f32], e: u32, s: f32) -> bool {
+pub(crate) fn insert_sorted(nb: &mut [u32], sm: &mut [f32], e: u32, s: f32) -> bool {
     let Some(last) = sm.len().checked_sub(1) else {
         return false;
     };
@@ -540,35 +591,16 @@ fn symmetrise(graph: &mut KnnGraph) {
         });
 }
 
-/// Exact blocked inner-product search, for builds without FAISS.
+/// Without FAISS there is no GPU search; [`KnnGraph::build`] never asks for one.
 #[cfg(not(feature = "faiss"))]
 fn search(
-    data: &[f32],
-    dim: usize,
-    n: usize,
-    k: usize,
+    _data: &[f32],
+    _dim: usize,
+    _n: usize,
+    _k: usize,
     _cfg: &KnnConfig,
 ) -> Result<(Vec<f32>, Vec<i64>), GroupError> {
-    let rows: Vec<(Vec<f32>, Vec<i64>)> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let q = &data[i * dim..(i + 1) * dim];
-            let mut best: Vec<(f32, usize)> = data
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(j, v)| (super::dot(q, v), j))
-                .collect();
-            let k = k.min(n);
-            best.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            best.truncate(k);
-            best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut sims: Vec<f32> = best.iter().map(|b| b.0).collect();
-            let mut labels: Vec<i64> = best.iter().map(|b| b.1 as i64).collect();
-            sims.resize(k, f32::NEG_INFINITY);
-            labels.resize(k, -1);
-            (sims, labels)
-        })
-        .collect();
-    let (sims, labels): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
-    Ok((sims.concat(), labels.concat()))
+    Err(GroupError::Faiss(
+        "built without the `faiss` feature".to_owned(),
+    ))
 }

@@ -1,6 +1,6 @@
 //! Person grouping: which faces belong to the same person.
 //!
-//! [`group_faces`] builds a kNN graph over the embeddings ([`knn`], FAISS), clusters the good
+//! [`group_faces`] builds a kNN graph over the embeddings ([`knn`]), clusters the good
 //! faces by average-linkage agglomeration over that graph with a cannot-link rule for faces of
 //! the same photo ([`hac`]), keeps clusters of at least [`GroupConfig::min_cluster_size`] faces
 //! as persons, then attaches leftover and low-quality faces to the person they are close enough
@@ -23,10 +23,10 @@
 //! | lfw-dev fold 0 / 1 | 0.999/0.996/0.997, 0.996/0.992/0.994 / 0.995/0.997/0.996, 0.997/0.995/0.996 | | | |
 //!
 //! Speed (`cargo bench -p facegroup-core --bench grouping -- 100000,1000000`, synthetic faces,
-//! the quiet 2-core machine; lines in `docs/scale.md`): 100k uniform faces: graph 11.1 s
-//! (partitioned search, same-person edge recall 0.979), clustering 11.3 s, 395 MiB peak; 1M:
-//! graph 220 s, clustering 142 s, recall 0.839, 3.76 GiB: short of the 1M targets (recall
-//! 0.95, 180 s, 3 GiB), for the reasons `docs/scale.md` gives. Memory is O(N (d + k)).
+//! the quiet 2-core machine; lines in `docs/scale.md`): 100k uniform faces: graph 7.5 s
+//! (partitioned search, same-person edge recall 0.999), clustering 3.8 s, 347 MiB peak; 1M:
+//! graph 100 s, clustering 65 s, recall 0.965, 3.02 GiB. Persons of thousands of faces cost
+//! `m^2 / 2` dot products to cluster (100k realistic faces: 24 s). Memory is O(N (d + k)).
 
 // The evaluation methods are not part of the grouping API: `eval` is for the CLI's
 // `eval-groups`, tests and benches.
@@ -34,6 +34,7 @@
 pub mod baselines;
 mod constraints;
 pub mod corrections;
+mod dense;
 pub mod hac;
 pub mod incremental;
 pub mod knn;
@@ -142,6 +143,14 @@ pub struct GroupConfig {
     /// threshold falls with the clusters' sizes as `1 / sqrt(|A| |B|)`. Low, because the
     /// cohesion test (`cohesion_ratio`) guards large merges.
     pub merge_threshold: f32,
+    /// Weakest kNN edge that makes two clusters candidates for a merge. Default 0.20. The
+    /// linkage itself is exact over all face pairs (see [`hac`]); this only decides which
+    /// cluster pairs are scored. Same-person clusters are joined by many edges well above it,
+    /// while a face's weak edges (its nearest strangers, 0.10-0.20) made clustering re-score
+    /// every stranger next to a growing person after each merge: at 0.10, 100k synthetic faces
+    /// took 10.4 s to cluster, at 0.20 2.9 s, and the dev sets' figures did not change in the
+    /// fourth decimal (`eval-groups --folds 2`, every fold).
+    pub link_threshold: f32,
     /// Like `merge_threshold`, for a low-quality face joining a cluster of good faces after
     /// clustering: it needs `attach + (pair - attach) / sqrt(|cluster|)`.
     pub attach_threshold: f32,
@@ -165,6 +174,7 @@ impl Default for GroupConfig {
             pair_threshold: 0.40,
             merge_threshold: 0.10,
             attach_threshold: 0.25,
+            link_threshold: 0.20,
             cohesion_ratio: 0.50,
             cohesion_prior: 0.50,
             cohesion_prior_pairs: 2.0,
@@ -235,6 +245,7 @@ pub fn group_faces(
         seeds: &set.seeds,
         must_link: &must_link,
         graph: &graph,
+        link: cfg.link_threshold,
         threshold: cfg.merge(),
         cohesion: cfg.cohesion(),
     });
@@ -724,8 +735,28 @@ fn person_ids(
 }
 
 /// Dot product with eight independent sums, which the compiler turns into SIMD (a single
-/// running sum must keep its order and cannot be vectorised).
+/// running sum must keep its order and cannot be vectorised). On CPUs with AVX the same code is
+/// compiled for 8-wide registers (chosen at run time: the release binary ships to other
+/// machines): lane for lane the same multiplies and adds in the same order, so the result is
+/// bit-identical to the SSE2 build, only twice as wide. FMA is not enabled: fusing would round
+/// differently and make grouping depend on the CPU.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above).
+        return unsafe { dot_avx(a, b) };
+    }
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
