@@ -9,9 +9,9 @@
 //! - `recall_all`: mean recall@k of the graph against exact search, for 500 faces spread over
 //!   the set; `recall_same`: the share of their true top-k neighbours with cos >= 0.3 (i.e.
 //!   same-person edges, which are what clustering needs) that the graph holds.
-//! - `graph_peak_mib`: the same, to the end of the graph build.
 //! - `peak_mib`: the process's peak resident memory from the generated faces to the end of
-//!   clustering (reset before each size; includes the embeddings, `N d` floats).
+//!   clustering (reset before each size; includes the embeddings, `N d` floats);
+//!   `graph_peak_mib`: the same, to the end of the graph build.
 //!
 //! Distributions (`FACEGROUP_BENCH_DIST`: `uniform`, `realistic` or `both`, the default):
 //!

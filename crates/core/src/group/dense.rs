@@ -23,7 +23,7 @@ const BASE_BLOCK: usize = 4096;
 
 /// `out[i * n + j] = a_i . b_j` for `m = a.len() / dim` rows of `a` and `n = b.len() / dim`
 /// rows of `b`, all row-major.
-pub(crate) fn scores(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
+fn scores(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
     let (m, n) = (a.len() / dim.max(1), b.len() / dim.max(1));
     assert!(out.len() >= m * n, "score buffer too small");
     if m == 0 || n == 0 || dim == 0 {
@@ -111,20 +111,8 @@ mod tests {
     use super::*;
 
     fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        let mut v: Vec<f32> = (0..n * dim)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        for row in v.chunks_exact_mut(dim) {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            row.iter_mut().for_each(|x| *x /= norm);
-        }
-        v
+        let mut rng = facegroup_testkit::Rng::new(seed);
+        (0..n).flat_map(|_| rng.unit(dim)).collect()
     }
 
     #[test]

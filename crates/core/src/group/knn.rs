@@ -4,8 +4,8 @@
 //! inner-product search. Three regimes, by the number of faces `N`:
 //!
 //! - **Exact** up to [`KnnConfig::exact_max`] faces: `N^2 d` multiply-adds as dense matrix
-//!   products ([`super::dense`]). The labelled eval sets and every personal library take this path, so their
-//!   grouping does not depend on any approximation below.
+//!   products ([`super::dense`]). The labelled eval sets and every personal library take this
+//!   path, so their grouping does not depend on any approximation below.
 //! - **Partitioned + refined** above it, on the CPU ([`partitioned_graph`], then [`refine`]).
 //! - **GPU** with the `gpu` feature and [`KnnConfig::gpu`]: exact search with fp16 vectors up to
 //!   [`KnnConfig::gpu_exact_max`] faces, an IVF index trained and searched on the GPU above
@@ -20,8 +20,9 @@
 //!
 //! What grouping needs from the graph is the *same-person* edges (cos >= ~0.3): merges only
 //! follow edges at or above [`super::GroupConfig::link_threshold`] (0.20). Those edges have
-//! a structure a generic ANN index does not exploit: one person's faces are all close to each other, so an edge a
-//! first pass misses is almost always the neighbour of a neighbour that it found.
+//! a structure a generic ANN index does not exploit: one person's faces are all close to each
+//! other, so an edge a first pass misses is almost always the neighbour of a neighbour that it
+//! found.
 //!
 //! 1. **Lists of bounded size.** Spherical k-means with `L = N / list_size` centroids
 //!    ([`KnnConfig::list_size`]), trained on [`KnnConfig::train_per_list`] strided faces per
@@ -58,13 +59,12 @@
 //! at 100k faces train 6.6e9, assign 1.0e10, search 2.0e11 multiply-adds; at 1M faces train
 //! 6.6e11, assign 1.0e12, search 2.0e12 (measured at 1M: 7 s, 12 s and 45 s, the search's
 //! small per-list products running at about half the speed of the large ones), so past a few
-//! million the quadratic terms dominate and the GPU
-//! path or the sharded build of `docs/scale.md` takes over (a two-level quantizer would make
-//! them `N^1.5`; not done). Measured figures: `docs/scale.md`. Memory: the embeddings (`N d`
-//! floats, never copied), the graph twice during refinement (`2 N k` x 8 bytes) and one list's
-//! vectors at a time.
-//! Deterministic: k-means from a fixed strided sample and start, lists searched in order, every row refined
-//! independently of thread timing.
+//! million the quadratic terms dominate and the GPU path or the sharded build of
+//! `docs/scale.md` takes over (a two-level quantizer would make them `N^1.5`; not done).
+//! Measured figures: `docs/scale.md`. Memory: the embeddings (`N d` floats, never copied), the
+//! graph twice during refinement (`2 N k` x 8 bytes) and one list's vectors at a time.
+//! Deterministic: k-means from a fixed strided sample and start, lists searched in order, every
+//! row refined independently of thread timing.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

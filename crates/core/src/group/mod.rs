@@ -739,7 +739,9 @@ fn person_ids(
 /// compiled for 8-wide registers (chosen at run time: the release binary ships to other
 /// machines): lane for lane the same multiplies and adds in the same order, so the result is
 /// bit-identical to the SSE2 build, only twice as wide. FMA is not enabled: fusing would round
-/// differently and make grouping depend on the CPU.
+/// differently, and these dots decide the merges. (The graph's similarities from
+/// [`dense`]'s products may differ in the last bits between AVX-512 and AVX2 kernels; they
+/// only choose which pairs are scored.)
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
