@@ -190,7 +190,7 @@ fn synthetic(n: usize, seed: u64, dist: Dist) -> Faces {
     }
     // Person faces were generated together; interleave them so that no index range is special.
     let order = shuffled(n, &mut rng);
-    let mut mixed = Vec::with_capacity(n * DIM);
+    let mut mixed = facegroup_core::group::embedding_buffer(n * DIM);
     for &i in &order {
         mixed.extend_from_slice(&data[i * DIM..(i + 1) * DIM]);
     }

@@ -451,9 +451,19 @@ impl GroupingHandler {
             return Ok(None);
         }
         let s3 = &self.services.s3;
+        // The three inputs are independent reads (at 1M faces ~120 MiB of summaries, ~60 MiB
+        // of run JSON): read concurrently, then decoded on two threads. A fallback below
+        // wastes the other reads, which only happens once per edit or damage.
+        let (bytes, run_bytes, new_faces) = tokio::join!(
+            s3.get(s3.bucket(), key),
+            s3.get(s3.bucket(), &committed.key),
+            self.services
+                .mongo
+                .new_faces(gallery_id, &self.model_version)
+        );
         // The key was recorded at the commit, after the object was written: it exists unless
         // someone deleted it, which is then a fallback, not a failure.
-        let bytes = match s3.get(s3.bucket(), key).await {
+        let bytes = match bytes {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => {
                 warn!(gallery_id, key = %key, "person summaries missing; reading every face");
@@ -461,14 +471,34 @@ impl GroupingHandler {
             }
             Err(e) => return Err(e.into()),
         };
-        let (header, summaries) = match summaries::decode(&bytes) {
+        let run_bytes = match run_bytes {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => {
+                warn!(gallery_id, key = %committed.key, "committed run JSON is missing; reading every face");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let new_faces = new_faces?;
+        let run_key = committed.key.clone();
+        let bucket = s3.bucket().to_string();
+        let parse_run = tokio::task::spawn_blocking(move || {
+            serde_json::from_slice::<GroupRun>(&run_bytes)
+                .map_err(|e| StoreError::Malformed(format!("s3://{bucket}/{run_key}: {e}")))
+        });
+        let decoded = tokio::task::spawn_blocking(move || summaries::decode(&bytes))
+            .await
+            .map_err(|e| JobError::suspect(format!("decoding thread died: {e}")))?;
+        let run = parse_run
+            .await
+            .map_err(|e| JobError::suspect(format!("decoding thread died: {e}")))??;
+        let (header, summaries) = match decoded {
             Ok(decoded) => decoded,
             Err(e) => {
                 warn!(gallery_id, key = %key, error = %e, "person summaries unreadable; reading every face");
                 return Ok(None);
             }
         };
-        drop(bytes);
         let wanted = (
             gallery_id,
             committed.run_number,
@@ -485,9 +515,6 @@ impl GroupingHandler {
             warn!(gallery_id, key = %key, ?got, ?wanted, "person summaries are for another run or settings; reading every face");
             return Ok(None);
         }
-        let Some(run) = self.previous(gallery_id, state).await? else {
-            return Ok(None);
-        };
         let previous = Groups {
             persons: run.persons,
             unassigned: run.unassigned,
@@ -503,11 +530,6 @@ impl GroupingHandler {
             warn!(gallery_id, key = %key, "person summaries do not match the committed persons; reading every face");
             return Ok(None);
         }
-        let new_faces = self
-            .services
-            .mongo
-            .new_faces(gallery_id, &self.model_version)
-            .await?;
         let held: HashSet<&str> = previous
             .persons
             .iter()
@@ -544,7 +566,7 @@ impl GroupingHandler {
                     "forced by FACEGROUP_TEST_FAULT=grouping-runtime".into(),
                 ));
             }
-            let a = assign_with_summaries(&input.new_faces, &input.summaries, &cfg)?;
+            let a = assign_with_summaries(&input.new_faces, input.summaries, &cfg)?;
             let groups = a.apply(&input.previous);
             let mut joined: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (face, person) in &a.assigned {
@@ -596,9 +618,9 @@ impl GroupingHandler {
         let run_number = lease.token;
         let run_id = format!("run-{run_number:010}");
         let key = self.run_key(&lease.gallery_id, run_number);
-        // Before the run JSON: a crash after either leaves an uncommitted run, cleaned up by
-        // the next commit with its summaries.
-        let summary_key = match written.summaries {
+        // Written with the run JSON, both before the commit: a crash after either leaves an
+        // uncommitted run, cleaned up by the next commit with its summaries.
+        let summary = match written.summaries {
             Some((summaries, min_quality)) => {
                 let header = SummaryHeader {
                     gallery_id: lease.gallery_id.clone(),
@@ -610,12 +632,7 @@ impl GroupingHandler {
                 };
                 let body = summaries::encode(&header, &summaries)?;
                 drop(summaries);
-                let key = self.summary_key(&lease.gallery_id, run_number);
-                self.services
-                    .s3
-                    .put_bytes(&key, body, "application/octet-stream")
-                    .await?;
-                Some(key)
+                Some((self.summary_key(&lease.gallery_id, run_number), body))
             }
             None => None,
         };
@@ -631,7 +648,16 @@ impl GroupingHandler {
             persons: groups.persons.clone(),
             unassigned: groups.unassigned.clone(),
         };
-        self.services.s3.put_json(&key, &run).await?;
+        let s3 = &self.services.s3;
+        let summary_key = summary.as_ref().map(|(key, _)| key.clone());
+        // Two independent objects of up to ~100 MiB each at 1M faces: written concurrently.
+        let put_summary = async {
+            match summary {
+                Some((key, body)) => s3.put_bytes(&key, body, "application/octet-stream").await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(put_summary, s3.put_json(&key, &run))?;
         fault::crash_point("after_put_run");
         let commit = CommittedRun {
             run_id: run_id.clone(),

@@ -23,7 +23,7 @@ const BASE_BLOCK: usize = 4096;
 
 /// `out[i * n + j] = a_i . b_j` for `m = a.len() / dim` rows of `a` and `n = b.len() / dim`
 /// rows of `b`, all row-major.
-fn scores(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
+pub(crate) fn scores(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
     let (m, n) = (a.len() / dim.max(1), b.len() / dim.max(1));
     assert!(out.len() >= m * n, "score buffer too small");
     if m == 0 || n == 0 || dim == 0 {
@@ -66,6 +66,44 @@ pub(crate) fn top_k(
     neighbours: &mut [u32],
     similarities: &mut [f32],
 ) {
+    top_k_in(queries, base, dim, k, &skip, neighbours, similarities, true);
+}
+
+/// [`top_k`] on the calling thread only: for callers that already run one search per rayon
+/// task (a nested parallel search lets a waiting thread start another task's search, each
+/// holding its gathered vectors, so memory grew with the number of tasks).
+pub(crate) fn top_k_serial(
+    queries: &[f32],
+    base: &[f32],
+    dim: usize,
+    k: usize,
+    skip: impl Fn(usize, usize) -> bool + Sync,
+    neighbours: &mut [u32],
+    similarities: &mut [f32],
+) {
+    top_k_in(
+        queries,
+        base,
+        dim,
+        k,
+        &skip,
+        neighbours,
+        similarities,
+        false,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn top_k_in(
+    queries: &[f32],
+    base: &[f32],
+    dim: usize,
+    k: usize,
+    skip: &(impl Fn(usize, usize) -> bool + Sync),
+    neighbours: &mut [u32],
+    similarities: &mut [f32],
+    parallel: bool,
+) {
     let (nq, nb) = (queries.len() / dim.max(1), base.len() / dim.max(1));
     neighbours[..nq * k].fill(u32::MAX);
     similarities[..nq * k].fill(f32::NEG_INFINITY);
@@ -73,14 +111,16 @@ pub(crate) fn top_k(
         return;
     }
     let bb = BASE_BLOCK.min(nb);
-    neighbours[..nq * k]
-        .par_chunks_mut(QUERY_BLOCK * k)
-        .zip(similarities[..nq * k].par_chunks_mut(QUERY_BLOCK * k))
-        .enumerate()
-        .for_each(|(blk, (nbr, sim))| {
-            let q0 = blk * QUERY_BLOCK;
-            let rows = nbr.len() / k;
-            let mut block = vec![0.0f32; rows * bb];
+    let run = |(blk, (nbr, sim)): (usize, (&mut [u32], &mut [f32]))| {
+        let q0 = blk * QUERY_BLOCK;
+        let rows = nbr.len() / k;
+        SCORES.with_borrow_mut(|block| {
+            // Every entry used is written by `scores` first (beta 0), so the buffer is reused
+            // without clearing: the 2,000 list searches of a 1M-face graph allocated and
+            // zeroed a fresh 4 MiB block each, 16 GB of memset and page faults in all.
+            if block.len() < rows * bb {
+                block.resize(rows * bb, 0.0);
+            }
             for b0 in (0..nb).step_by(bb) {
                 let b1 = (b0 + bb).min(nb);
                 let width = b1 - b0;
@@ -88,7 +128,7 @@ pub(crate) fn top_k(
                     &queries[q0 * dim..(q0 + rows) * dim],
                     &base[b0 * dim..b1 * dim],
                     dim,
-                    &mut block,
+                    block,
                 );
                 for (r, ((nbr, sim), row)) in nbr
                     .chunks_exact_mut(k)
@@ -104,6 +144,24 @@ pub(crate) fn top_k(
                 }
             }
         });
+    };
+    let (nbr, sim) = (&mut neighbours[..nq * k], &mut similarities[..nq * k]);
+    if parallel {
+        nbr.par_chunks_mut(QUERY_BLOCK * k)
+            .zip(sim.par_chunks_mut(QUERY_BLOCK * k))
+            .enumerate()
+            .for_each(run);
+    } else {
+        nbr.chunks_mut(QUERY_BLOCK * k)
+            .zip(sim.chunks_mut(QUERY_BLOCK * k))
+            .enumerate()
+            .for_each(run);
+    }
+}
+
+thread_local! {
+    /// Each thread's score block (at most `QUERY_BLOCK x BASE_BLOCK` floats).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -125,6 +183,22 @@ mod tests {
         let mut nbr = vec![0u32; nq * k];
         let mut sim = vec![0f32; nq * k];
         top_k(&queries, &base, dim, k, |q, b| q == b, &mut nbr, &mut sim);
+        let (mut serial_nbr, mut serial_sim) = (vec![0u32; nq * k], vec![0f32; nq * k]);
+        let skip = |q, b| q == b;
+        top_k_serial(
+            &queries,
+            &base,
+            dim,
+            k,
+            skip,
+            &mut serial_nbr,
+            &mut serial_sim,
+        );
+        assert_eq!(
+            (&serial_nbr, &serial_sim),
+            (&nbr, &sim),
+            "serial = parallel"
+        );
         for q in [0, 1, QUERY_BLOCK - 1, QUERY_BLOCK, nq - 1] {
             let qv = &queries[q * dim..(q + 1) * dim];
             let mut all: Vec<(f32, usize)> = (0..nb)

@@ -20,6 +20,12 @@
 //! `m k` edges, its faces' nearest strangers included (`m^2 k / 2` in all); at 0.20 strangers
 //! are rarely adjacent and `a` is about the person's own remaining clusters.
 //!
+//! The candidates wait in a bucket queue ([`Queue`]: buckets by linkage, a small binary heap
+//! each) rather than one binary heap, and stale ones are purged once they are half of it: at
+//! 1M faces 16M candidates are queued, and one heap's pops through ~24 levels of cold memory
+//! were half of the clustering's time. Dot products with scattered rows prefetch the next
+//! row ([`super::prefetch`]). Neither changes a result.
+//!
 //! Why a cohesion test on top of the size-aware threshold: the threshold alone lets two large
 //! clusters merge at an average of `floor`, because the average of many pairs of strangers is
 //! near zero; but relatives and lookalikes are not strangers. A 530-photo person and a 12-photo
@@ -162,40 +168,14 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         version: vec![0; n],
         parent: (0..n).collect(),
     };
-    // Counted first so that each list is allocated once at its size (at 1M faces, growing
-    // 1M lists by doubling left a third of their memory unused).
-    let edges = |i: usize| {
-        let floor = link.max(threshold.lowest());
-        graph
-            .row(i)
-            .filter(move |&(j, s)| seeds[i] && seeds[j] && s >= floor && images[i] != images[j])
-            .map(|(j, _)| j)
-    };
-    let mut degree = vec![0u32; n];
-    for i in 0..n {
-        for j in edges(i) {
-            degree[i] += 1;
-            degree[j] += 1;
-        }
-    }
-    let mut adjacent: Vec<Vec<u32>> = degree
-        .iter()
-        .map(|&d| Vec::with_capacity(d as usize))
-        .collect();
-    drop(degree);
-    for i in 0..n {
-        for j in edges(i) {
-            adjacent[i].push(j as u32);
-            adjacent[j].push(i as u32);
-        }
-    }
-    let mut heap = BinaryHeap::new();
-    for (i, adj) in adjacent.iter_mut().enumerate() {
-        adj.sort_unstable();
-        adj.dedup();
-        // Mutual edges appear twice.
-        adj.shrink_to_fit();
-        for &j in adj.iter().filter(|&&j| (j as usize) > i) {
+    let mut adjacent = adjacency(graph, seeds, images, link.max(threshold.lowest()));
+    let mut heap = Queue::new(threshold.lowest(), n);
+    for (i, adj) in adjacent.iter().enumerate() {
+        let later = adj.partition_point(|&j| (j as usize) <= i);
+        for (at, &j) in adj[later..].iter().enumerate() {
+            if let Some(&next) = adj.get(later + at + 1) {
+                super::prefetch(state.sum(next as usize));
+            }
             state.push_if_close(&mut heap, i, j as usize, threshold);
         }
     }
@@ -214,16 +194,30 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
         }
     }
     while let Some(c) = heap.pop() {
-        let (a, b) = (c.a as usize, c.b as usize);
-        let stale = state.parent[a] != a
-            || state.parent[b] != b
-            || state.version[a] != c.version_a
-            || state.version[b] != c.version_b;
-        if stale || state.share_photo(a, b) {
+        if state.stale(&c) {
+            heap.stale = heap.stale.saturating_sub(1);
             continue;
         }
+        if state.share_photo(c.a as usize, c.b as usize) {
+            continue;
+        }
+        let (a, b) = (c.a as usize, c.b as usize);
         join(&mut state, &mut adjacent, &mut heap, a, b, threshold);
+        // Candidates of a cluster go stale when it merges; at 1M faces most of those queued
+        // are. Dropping them once they are half the queue costs one pass over it each time
+        // and keeps its memory near what is live (live candidates and their order untouched).
+        if heap.len >= PURGE_MIN && heap.stale >= heap.len / 2 {
+            heap.retain(|c| !state.stale(c));
+        }
     }
+    tracing::debug!(
+        faces = n,
+        pushed = heap.pushed,
+        peak_queue = heap.peak,
+        purged = heap.purged,
+        peak_sums = state.sums.len() / dim.max(1),
+        "average linkage"
+    );
     // A merge always points the larger index at the smaller, so parents precede children and
     // one increasing pass resolves every root.
     let mut roots: Vec<usize> = state.parent;
@@ -233,35 +227,103 @@ pub fn average_linkage(input: &HacInput<'_>) -> Vec<usize> {
     roots
 }
 
+/// Each seed face's sorted, de-duplicated list of the seed faces it shares a graph edge >=
+/// `floor` with (either direction), other photos only.
+///
+/// Built in one flat buffer (counted, filled, then each face's part sorted and de-duplicated:
+/// mutual edges appear twice) and copied into lists of their exact size; the flat buffer is
+/// one allocation, handed back to the system when dropped. At 1M faces, lists allocated at
+/// their count before de-duplication held twice what they needed, and shrinking 1M small
+/// lists afterwards left the difference behind as fragments of the allocator's heap.
+fn adjacency(graph: &KnnGraph, seeds: &[bool], images: &[u32], floor: f32) -> Vec<Vec<u32>> {
+    let n = images.len();
+    let edges = |i: usize| {
+        graph
+            .row(i)
+            .filter(move |&(j, s)| seeds[i] && seeds[j] && s >= floor && images[i] != images[j])
+            .map(|(j, _)| j)
+    };
+    let mut starts = vec![0usize; n + 1];
+    for i in 0..n {
+        for j in edges(i) {
+            starts[i + 1] += 1;
+            starts[j + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        starts[i + 1] += starts[i];
+    }
+    let mut flat = vec![0u32; starts[n]];
+    let mut fill = starts.clone();
+    for i in 0..n {
+        for j in edges(i) {
+            flat[fill[i]] = j as u32;
+            fill[i] += 1;
+            flat[fill[j]] = i as u32;
+            fill[j] += 1;
+        }
+    }
+    drop(fill);
+    (0..n)
+        .map(|i| {
+            let row = &mut flat[starts[i]..starts[i + 1]];
+            row.sort_unstable();
+            let mut kept = 0;
+            for r in 0..row.len() {
+                if kept == 0 || row[r] != row[kept - 1] {
+                    row[kept] = row[r];
+                    kept += 1;
+                }
+            }
+            row[..kept].to_vec()
+        })
+        .collect()
+}
+
 /// Merges live clusters `a` and `b` and queues the merged cluster's pairs with its neighbours.
 fn join(
     state: &mut State<'_>,
     adjacent: &mut [Vec<u32>],
-    heap: &mut BinaryHeap<Candidate>,
+    heap: &mut Queue,
     a: usize,
     b: usize,
     threshold: MergeThreshold,
 ) {
     // Keep the smaller index as the cluster's id so results do not depend on heap order.
     let (keep, gone) = (a.min(b), a.max(b));
+    heap.forget(keep);
+    heap.forget(gone);
     state.merge(keep, gone);
     let mut before = std::mem::take(&mut adjacent[keep]);
     before.sort_unstable();
     before.dedup();
-    let mut merged = before.clone();
-    merged.append(&mut adjacent[gone]);
+    // Lists are kept at (about) their length: a million of them, each grown by doubling,
+    // would hold twice the adjacency's memory. `gone`'s list is freed, not just emptied.
+    let gone_list = std::mem::take(&mut adjacent[gone]);
+    let mut merged = Vec::with_capacity(before.len() + gone_list.len());
+    merged.extend_from_slice(&before);
+    merged.extend_from_slice(&gone_list);
+    drop(gone_list);
     merged.retain(|&c| {
         let c = c as usize;
         c != keep && c != gone && state.parent[c] == c
     });
     merged.sort_unstable();
     merged.dedup();
-    for &c in &merged {
+    merged.shrink_to_fit();
+    for (at, &c) in merged.iter().enumerate() {
+        if let Some(&next) = merged.get(at + 1) {
+            super::prefetch(state.sum(next as usize));
+        }
         // A neighbour `keep` already had holds `keep` in its own list (adjacency is kept
         // symmetric); pushing it again on every merge of a large cluster grew each of its
         // neighbours' lists by one entry per merge (m^2 entries for a person of m faces).
         if before.binary_search(&c).is_err() {
-            adjacent[c as usize].push(keep as u32);
+            let list = &mut adjacent[c as usize];
+            if list.len() == list.capacity() {
+                list.reserve_exact(list.len() / 4 + 1);
+            }
+            list.push(keep as u32);
         }
         state.push_if_close(heap, keep, c as usize, threshold);
     }
@@ -293,7 +355,18 @@ struct State<'a> {
     parent: Vec<usize>,
 }
 
+/// Smallest queue worth purging of stale candidates.
+const PURGE_MIN: usize = 1 << 20;
+
 impl State<'_> {
+    /// Whether a cluster of `c` was absorbed or has changed since `c` was scored.
+    fn stale(&self, c: &Candidate) -> bool {
+        let (a, b) = (c.a as usize, c.b as usize);
+        self.parent[a] != a
+            || self.parent[b] != b
+            || self.version[a].wrapping_add(self.version[b]) != c.versions
+    }
+
     /// `dot(sum A, sum B)`: the sum of all cross-pair similarities of clusters `a` and `b`.
     fn cross(&self, a: usize, b: usize) -> f32 {
         dot(self.sum(a), self.sum(b))
@@ -334,13 +407,7 @@ impl State<'_> {
         i
     }
 
-    fn push_if_close(
-        &self,
-        heap: &mut BinaryHeap<Candidate>,
-        a: usize,
-        b: usize,
-        threshold: MergeThreshold,
-    ) {
+    fn push_if_close(&self, heap: &mut Queue, a: usize, b: usize, threshold: MergeThreshold) {
         let linkage = self.cross(a, b) / (self.size[a] as f32 * self.size[b] as f32);
         if linkage >= threshold.at(self.size[a], self.size[b])
             && self
@@ -352,8 +419,7 @@ impl State<'_> {
                 linkage,
                 a: a.min(b) as u32,
                 b: a.max(b) as u32,
-                version_a: self.version[a.min(b)],
-                version_b: self.version[a.max(b)],
+                versions: self.version[a].wrapping_add(self.version[b]),
             });
         }
     }
@@ -412,6 +478,126 @@ impl State<'_> {
     }
 }
 
+/// The merge candidates, popped in [`Candidate`]'s order (highest linkage first), as a bucket
+/// queue: buckets by linkage, each a binary heap, the highest non-empty one popped.
+///
+/// Why not one binary heap: at 1M faces tens of millions of candidates are queued (most go
+/// stale before they are popped), and each pop of a heap that large sifts through ~24 levels
+/// of cold memory, which took more of the clustering's time than scoring the linkages. A
+/// bucket holds candidates of nearly equal linkage, so pops work in a small heap that stays in
+/// the cache. Buckets are ranges of the linkage's total order, so the pop order is exactly the
+/// one heap's, ties included: results are unchanged. An emptied bucket frees its memory.
+struct Queue {
+    buckets: Vec<BinaryHeap<Candidate>>,
+    /// Order key of the lowest bucket's start; lower linkages go to bucket 0.
+    lo: u32,
+    shift: u32,
+    /// No bucket above `top` holds anything.
+    top: usize,
+    len: usize,
+    pushed: usize,
+    peak: usize,
+    /// Stale candidates dropped by [`Queue::retain`].
+    purged: usize,
+    /// Candidates queued per cluster since it last changed, and an estimate of the stale
+    /// candidates in the queue (when to purge; it does not affect results).
+    queued: Vec<u32>,
+    stale: usize,
+}
+
+impl Queue {
+    /// Buckets from `lowest` (the lowest merge threshold, under which nothing is queued) to a
+    /// linkage of 1; at most [`MAX_BUCKETS`], each at least 256 ulps wide.
+    fn new(lowest: f32, clusters: usize) -> Self {
+        let (lo, hi) = (order_key(lowest.min(1.0)), order_key(1.0));
+        let mut shift = 8;
+        while (hi - lo) >> shift >= MAX_BUCKETS as u32 {
+            shift += 1;
+        }
+        let count = ((hi - lo) >> shift) as usize + 2;
+        Self {
+            buckets: (0..count).map(|_| BinaryHeap::new()).collect(),
+            lo,
+            shift,
+            top: 0,
+            len: 0,
+            pushed: 0,
+            peak: 0,
+            purged: 0,
+            queued: vec![0; clusters],
+            stale: 0,
+        }
+    }
+
+    fn push(&mut self, c: Candidate) {
+        let b = ((order_key(c.linkage).saturating_sub(self.lo) >> self.shift) as usize)
+            .min(self.buckets.len() - 1);
+        self.buckets[b].push(c);
+        for x in [c.a, c.b] {
+            if let Some(q) = self.queued.get_mut(x as usize) {
+                *q = q.saturating_add(1);
+            }
+        }
+        self.top = self.top.max(b);
+        self.len += 1;
+        self.pushed += 1;
+        self.peak = self.peak.max(self.len);
+    }
+
+    /// Keeps only the candidates `keep` accepts, and frees the rest's memory.
+    fn retain(&mut self, mut keep: impl FnMut(&Candidate) -> bool) {
+        let before = self.len;
+        self.len = 0;
+        self.queued.fill(0);
+        for bucket in &mut self.buckets {
+            bucket.retain(&mut keep);
+            bucket.shrink_to_fit();
+            self.len += bucket.len();
+            for c in bucket.iter() {
+                for x in [c.a, c.b] {
+                    if let Some(q) = self.queued.get_mut(x as usize) {
+                        *q = q.saturating_add(1);
+                    }
+                }
+            }
+        }
+        self.purged += before - self.len;
+        self.stale = 0;
+    }
+
+    /// Cluster `x` is changing: its queued candidates are stale from now on.
+    fn forget(&mut self, x: usize) {
+        if let Some(q) = self.queued.get_mut(x) {
+            self.stale += std::mem::take(q) as usize;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Candidate> {
+        loop {
+            if let Some(c) = self.buckets[self.top].pop() {
+                if self.buckets[self.top].is_empty() {
+                    self.buckets[self.top] = BinaryHeap::new();
+                }
+                self.len -= 1;
+                return Some(c);
+            }
+            self.top = self.top.checked_sub(1)?;
+        }
+    }
+}
+
+const MAX_BUCKETS: usize = 1 << 16;
+
+/// `f32::total_cmp`'s order as an unsigned key.
+fn order_key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    }
+}
+
 /// A possible merge; the heap pops the highest linkage, ties broken by smaller indices so the
 /// order is fully determined by the input.
 #[derive(Debug, Clone, Copy)]
@@ -419,8 +605,10 @@ struct Candidate {
     linkage: f32,
     a: u32,
     b: u32,
-    version_a: u32,
-    version_b: u32,
+    /// The sum of both clusters' versions when the candidate was scored. Versions only grow,
+    /// so an equal sum means neither cluster changed since (16 bytes a candidate, not 20:
+    /// tens of millions are queued at 1M faces).
+    versions: u32,
 }
 
 impl Ord for Candidate {
@@ -444,3 +632,64 @@ impl PartialEq for Candidate {
 }
 
 impl Eq for Candidate {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_pops_in_one_heaps_order() {
+        // Ties, values below the lowest bucket and above 1, pushes between pops: the bucket
+        // queue must give exactly the order of one binary heap.
+        let mut rng = facegroup_testkit::Rng::new(7);
+        let mut queue = Queue::new(0.1, 50);
+        let mut heap = BinaryHeap::new();
+        let mut popped = (Vec::new(), Vec::new());
+        for step in 0..20_000u32 {
+            let linkage = match rng.next_u64() % 4 {
+                0 => 0.5,
+                1 => rng.uniform() * 1.2 - 0.1,
+                _ => 0.3 + (rng.next_u64() % 1000) as f32 * 1e-6,
+            };
+            let c = Candidate {
+                linkage,
+                a: (rng.next_u64() % 50) as u32,
+                b: (rng.next_u64() % 50) as u32,
+                versions: step,
+            };
+            queue.push(c);
+            heap.push(c);
+            if step == 10_000 {
+                // A purge keeps the order of what it keeps.
+                queue.retain(|c| c.versions % 2 == 0);
+                heap.retain(|c| c.versions % 2 == 0);
+                assert_eq!(queue.len, heap.len());
+            }
+            if step % 3 == 0 {
+                popped
+                    .0
+                    .push(queue.pop().map(|c| (c.linkage, c.a, c.b, c.versions)));
+                popped
+                    .1
+                    .push(heap.pop().map(|c| (c.linkage, c.a, c.b, c.versions)));
+            }
+        }
+        while let Some(c) = heap.pop() {
+            popped.1.push(Some((c.linkage, c.a, c.b, c.versions)));
+        }
+        while let Some(c) = queue.pop() {
+            popped.0.push(Some((c.linkage, c.a, c.b, c.versions)));
+        }
+        assert_eq!(popped.0.len(), popped.1.len());
+        // Candidates equal in linkage and indices may come out in either order (the heap does
+        // not order them either); compare without the version stamp there.
+        let key = |v: &Vec<Option<(f32, u32, u32, u32)>>| -> Vec<(u32, u32, u32)> {
+            v.iter()
+                .flatten()
+                .map(|c| (c.0.to_bits(), c.1, c.2))
+                .collect()
+        };
+        assert_eq!(key(&popped.0), key(&popped.1));
+        assert_eq!(queue.len, 0);
+    }
+}

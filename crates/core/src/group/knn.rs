@@ -62,9 +62,13 @@
 //! million the quadratic terms dominate and the GPU path or the sharded build of
 //! `docs/scale.md` takes over (a two-level quantizer would make them `N^1.5`; not done).
 //! Measured figures: `docs/scale.md`. Memory: the embeddings (`N d` floats, never copied), the
-//! graph twice during refinement (`2 N k` x 8 bytes) and one list's vectors at a time.
-//! Deterministic: k-means from a fixed strided sample and start, lists searched in order, every
-//! row refined independently of thread timing.
+//! graph (`N k` x 8 bytes, refined in place, [`REFINE_BLOCK`] rows at a time) and the vectors
+//! of the lists being searched ([`LISTS_PER_ROUND`] lists at a time, in parallel: one list is too
+//! small a product to keep two cores busy). The embeddings should come from
+//! [`super::embedding_buffer`] (huge pages: the refinement reads rows at random).
+//! Deterministic: k-means from a fixed strided sample and start, each face's list searched by
+//! one task, refinement blocks in order with their rows computed from the graph as the block
+//! found it.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -136,6 +140,8 @@ const REFINE_ROUNDS: usize = 2;
 const REFINE_FANOUT: usize = 12;
 /// k-means iterations of the partitioned search.
 const TRAIN_ITERS: u32 = 10;
+/// Lists searched in parallel by the partitioned search.
+const LISTS_PER_ROUND: usize = 16;
 
 /// `k` nearest other faces of every face, most similar first. Row `i` holds `k` slots;
 /// unused slots (fewer than `k` other faces) have `u32::MAX` and similarity `-inf`.
@@ -376,27 +382,37 @@ fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConf
         }
         out
     };
-    let (mut nb, mut sm) = (Vec::new(), Vec::new());
-    for (queries, base) in members.iter().zip(&stored) {
-        if queries.is_empty() {
-            continue;
-        }
-        nb.resize(queries.len() * k, 0);
-        sm.resize(queries.len() * k, 0.0);
-        super::dense::top_k(
-            &gather(queries),
-            &gather(base),
-            dim,
-            k,
-            |q, b| queries[q] == base[b],
-            &mut nb,
-            &mut sm,
-        );
-        for (qi, &q) in queries.iter().enumerate() {
-            let row = q as usize * k..(q as usize + 1) * k;
-            for ((slot, &b), &s) in row.zip(&nb[qi * k..(qi + 1) * k]).zip(&sm[qi * k..]) {
-                graph.neighbours[slot] = base.get(b as usize).copied().unwrap_or(u32::MAX);
-                graph.similarities[slot] = s;
+    // Lists are searched [`LISTS_PER_ROUND`] at a time, in parallel: one list is too small a
+    // product to keep both cores busy with its gathering and scattering around it. Each face is
+    // the query of one list only, so the rows written are disjoint.
+    let lists: Vec<usize> = (0..nlist).filter(|&l| !members[l].is_empty()).collect();
+    for round in lists.chunks(LISTS_PER_ROUND) {
+        let found: Vec<(Vec<u32>, Vec<f32>)> = round
+            .par_iter()
+            .map(|&l| {
+                let (queries, base) = (&members[l], &stored[l]);
+                let mut nb = vec![0u32; queries.len() * k];
+                let mut sm = vec![0f32; queries.len() * k];
+                super::dense::top_k_serial(
+                    &gather(queries),
+                    &gather(base),
+                    dim,
+                    k,
+                    |q, b| queries[q] == base[b],
+                    &mut nb,
+                    &mut sm,
+                );
+                for e in &mut nb {
+                    *e = base.get(*e as usize).copied().unwrap_or(u32::MAX);
+                }
+                (nb, sm)
+            })
+            .collect();
+        for (&l, (nb, sm)) in round.iter().zip(found) {
+            for (qi, &q) in members[l].iter().enumerate() {
+                let row = q as usize * k..(q as usize + 1) * k;
+                graph.neighbours[row.clone()].copy_from_slice(&nb[qi * k..(qi + 1) * k]);
+                graph.similarities[row].copy_from_slice(&sm[qi * k..(qi + 1) * k]);
             }
         }
     }
@@ -460,8 +476,12 @@ fn spherical_kmeans(sample: &[f32], dim: usize, nlist: usize, iters: u32) -> Vec
 /// Neighbour-of-neighbour refinement (step 3 of the module doc): each round scores, for every
 /// face, the neighbours of its first `refine_fanout` neighbours that it does not hold yet, with
 /// exact dot products, and keeps the best `k`. Rounds stop early when nothing changed; the
-/// result is symmetrised again. Rows are computed from the previous round's graph only, so the
-/// result does not depend on thread timing.
+/// result is symmetrised again.
+///
+/// Rows are refined in place, [`REFINE_BLOCK`] at a time: a block's rows are computed in
+/// parallel from the graph as it stands (earlier blocks already refined), then written back.
+/// So the result does not depend on thread timing, and the graph is not copied (a second graph
+/// was 256 MiB at 1M faces; blocks hold 16 MiB).
 fn refine(graph: &mut KnnGraph, data: &[f32], dim: usize, cfg: &KnnConfig) {
     let (n, k) = (graph.len(), graph.k);
     let fanout = cfg.refine_fanout.min(k);
@@ -469,40 +489,27 @@ fn refine(graph: &mut KnnGraph, data: &[f32], dim: usize, cfg: &KnnConfig) {
     if n == 0 || fanout == 0 || cfg.refine_rounds == 0 {
         return;
     }
+    let mut neighbours = vec![0u32; REFINE_BLOCK.min(n) * k];
+    let mut similarities = vec![0f32; REFINE_BLOCK.min(n) * k];
     for round in 0..cfg.refine_rounds {
         let started = std::time::Instant::now();
-        let old = &*graph;
-        let mut neighbours = old.neighbours.clone();
-        let mut similarities = old.similarities.clone();
-        let (scored, improved) = neighbours
-            .par_chunks_mut(k)
-            .zip(similarities.par_chunks_mut(k))
-            .enumerate()
-            .map(|(a, (nb, sm))| {
-                let mut candidates: Vec<u32> = Vec::new();
-                for (c, _) in old.row(a).take(fanout).take_while(|&(_, s)| s >= min_sim) {
-                    candidates.extend(
-                        old.row(c)
-                            .take(fanout)
-                            .take_while(|&(_, s)| s >= min_sim)
-                            .map(|(e, _)| e as u32)
-                            .filter(|&e| e as usize != a),
-                    );
-                }
-                candidates.sort_unstable();
-                candidates.dedup();
-                candidates.retain(|e| !nb.contains(e));
-                let qa = &data[a * dim..(a + 1) * dim];
-                let mut improved = 0usize;
-                for &e in &candidates {
-                    let s = super::dot(qa, &data[e as usize * dim..(e as usize + 1) * dim]);
-                    improved += usize::from(insert_sorted(nb, sm, e, s));
-                }
-                (candidates.len(), improved)
-            })
-            .reduce(|| (0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
-        graph.neighbours = neighbours;
-        graph.similarities = similarities;
+        let (mut scored, mut improved) = (0usize, 0usize);
+        for r0 in (0..n).step_by(REFINE_BLOCK) {
+            let rows = REFINE_BLOCK.min(n - r0);
+            let old = &*graph;
+            neighbours[..rows * k].copy_from_slice(&old.neighbours[r0 * k..(r0 + rows) * k]);
+            similarities[..rows * k].copy_from_slice(&old.similarities[r0 * k..(r0 + rows) * k]);
+            let (s, i) = neighbours[..rows * k]
+                .par_chunks_mut(k)
+                .zip(similarities[..rows * k].par_chunks_mut(k))
+                .enumerate()
+                .map(|(r, (nb, sm))| refine_row(old, data, dim, fanout, min_sim, r0 + r, nb, sm))
+                .reduce(|| (0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+            scored += s;
+            improved += i;
+            graph.neighbours[r0 * k..(r0 + rows) * k].copy_from_slice(&neighbours[..rows * k]);
+            graph.similarities[r0 * k..(r0 + rows) * k].copy_from_slice(&similarities[..rows * k]);
+        }
         tracing::debug!(
             round,
             scored,
@@ -515,6 +522,56 @@ fn refine(graph: &mut KnnGraph, data: &[f32], dim: usize, cfg: &KnnConfig) {
         }
     }
     symmetrise(graph);
+}
+
+/// Rows refined per block (see [`refine`]).
+const REFINE_BLOCK: usize = 1 << 16;
+
+/// One row of [`refine`]: face `a`'s row `(nb, sm)` (a copy of its row in `graph`) takes the
+/// best of its neighbours' neighbours. Returns (candidates scored, entries that improved).
+#[allow(clippy::too_many_arguments)]
+fn refine_row(
+    graph: &KnnGraph,
+    data: &[f32],
+    dim: usize,
+    fanout: usize,
+    min_sim: f32,
+    a: usize,
+    nb: &mut [u32],
+    sm: &mut [f32],
+) -> (usize, usize) {
+    // The neighbours' rows are scattered over the graph (256 MiB at 1M faces): ask for all of
+    // them before reading the first.
+    let k = graph.k;
+    for (c, _) in graph.row(a).take(fanout) {
+        super::prefetch(&graph.neighbours[c * k..c * k + fanout]);
+        super::prefetch(&graph.similarities[c * k..c * k + fanout]);
+    }
+    let mut candidates: Vec<u32> = Vec::new();
+    for (c, _) in graph.row(a).take(fanout).take_while(|&(_, s)| s >= min_sim) {
+        candidates.extend(
+            graph
+                .row(c)
+                .take(fanout)
+                .take_while(|&(_, s)| s >= min_sim)
+                .map(|(e, _)| e as u32)
+                .filter(|&e| e as usize != a),
+        );
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates.retain(|e| !nb.contains(e));
+    let qa = &data[a * dim..(a + 1) * dim];
+    let mut improved = 0usize;
+    let row = |e: u32| &data[e as usize * dim..(e as usize + 1) * dim];
+    for (at, &e) in candidates.iter().enumerate() {
+        if let Some(&next) = candidates.get(at + 1) {
+            super::prefetch(row(next));
+        }
+        let s = super::dot(qa, row(e));
+        improved += usize::from(insert_sorted(nb, sm, e, s));
+    }
+    (candidates.len(), improved)
 }
 
 /// Puts `(e, s)` into the sorted row `(nb, sm)` if it beats the worst entry; true if it did.

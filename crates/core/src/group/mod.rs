@@ -23,10 +23,11 @@
 //! | lfw-dev fold 0 / 1 | 0.999/0.996/0.997, 0.996/0.992/0.994 / 0.995/0.997/0.996, 0.997/0.995/0.996 | | | |
 //!
 //! Speed (`cargo bench -p facegroup-core --bench grouping -- 100000,1000000`, synthetic faces,
-//! the quiet 2-core machine; lines in `docs/scale.md`): 100k uniform faces: graph 7.5 s
-//! (partitioned search, same-person edge recall 0.999), clustering 3.8 s, 347 MiB peak; 1M:
-//! graph 100 s, clustering 65 s, recall 0.965, 3.02 GiB. Persons of thousands of faces cost
-//! `m^2 / 2` dot products to cluster (100k realistic faces: 24 s). Memory is O(N (d + k)).
+//! the quiet 2-core machine; lines in `docs/scale.md`): 100k uniform faces: graph 5.8 s
+//! (partitioned search, same-person edge recall 0.999), clustering 1.8 s, 386 MiB peak; 1M:
+//! graph 66 s, clustering 25 s, recall 0.968, 3,042 MiB. Persons of thousands of faces cost
+//! `m^2 / 2` dot products to cluster (100k realistic faces: 6.3 s). Memory is O(N (d + k));
+//! the embeddings belong in [`embedding_buffer`] (huge pages).
 
 // The evaluation methods are not part of the grouping API: `eval` is for the CLI's
 // `eval-groups`, tests and benches.
@@ -38,6 +39,7 @@ mod dense;
 pub mod hac;
 pub mod incremental;
 pub mod knn;
+mod memory;
 #[cfg(feature = "eval")]
 pub mod metrics;
 mod mode;
@@ -51,6 +53,7 @@ pub use constraints::{Constraints, MustLink};
 pub use corrections::{Applied, Correction, CorrectionError, Corrections, PersonFacts};
 pub use hac::{Cohesion, MergeThreshold};
 pub use knn::{KnnConfig, KnnGraph};
+pub use memory::embedding_buffer;
 pub use mode::{regroup, GroupMode};
 
 /// One face to group.
@@ -398,7 +401,7 @@ impl FaceSet {
             return Err(GroupError::DuplicateFaceId(w[0].face_id.clone()));
         }
         let dim = order.first().map_or(0, |f| f.embedding.len());
-        let mut data = Vec::with_capacity(order.len() * dim);
+        let mut data = embedding_buffer(order.len() * dim);
         for f in &order {
             if f.embedding.len() != dim {
                 return Err(GroupError::DimensionMismatch {
@@ -773,4 +776,29 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// Asks the CPU to start loading `row` into the cache (no effect on results).
+///
+/// Why: the refinement and the clustering take dot products with embedding rows in graph
+/// order, i.e. scattered over memory (2 GiB at 1M faces, far beyond the caches). One row is 2
+/// KiB, 32 cache lines that a plain loop fetches one miss after another; naming the next row's
+/// lines while the current dot product runs keeps many loads in flight instead of one.
+#[inline]
+pub(crate) fn prefetch<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = row.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(row)).step_by(64) {
+            // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot
+            // fault; the address is inside `row` anyway. SSE is part of x86_64.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.wrapping_add(offset),
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
