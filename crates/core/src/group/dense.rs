@@ -57,49 +57,18 @@ pub(crate) fn scores(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
 /// similar first, into `neighbours` / `similarities` (`k` slots per query, filled with
 /// `u32::MAX` / `-inf` where `base` has fewer). `skip(q, b)` leaves base row `b` out of query
 /// `q`'s result (the query itself, in a self-search). Indices are rows of `base`.
+///
+/// `parallel`: one rayon task per block of queries; `false` runs on the calling thread only,
+/// for callers that already run one search per rayon task (a nested parallel search lets a
+/// waiting thread start another task's search, each holding its gathered vectors, so memory
+/// grew with the number of tasks).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn top_k(
     queries: &[f32],
     base: &[f32],
     dim: usize,
     k: usize,
     skip: impl Fn(usize, usize) -> bool + Sync,
-    neighbours: &mut [u32],
-    similarities: &mut [f32],
-) {
-    top_k_in(queries, base, dim, k, &skip, neighbours, similarities, true);
-}
-
-/// [`top_k`] on the calling thread only: for callers that already run one search per rayon
-/// task (a nested parallel search lets a waiting thread start another task's search, each
-/// holding its gathered vectors, so memory grew with the number of tasks).
-pub(crate) fn top_k_serial(
-    queries: &[f32],
-    base: &[f32],
-    dim: usize,
-    k: usize,
-    skip: impl Fn(usize, usize) -> bool + Sync,
-    neighbours: &mut [u32],
-    similarities: &mut [f32],
-) {
-    top_k_in(
-        queries,
-        base,
-        dim,
-        k,
-        &skip,
-        neighbours,
-        similarities,
-        false,
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn top_k_in(
-    queries: &[f32],
-    base: &[f32],
-    dim: usize,
-    k: usize,
-    skip: &(impl Fn(usize, usize) -> bool + Sync),
     neighbours: &mut [u32],
     similarities: &mut [f32],
     parallel: bool,
@@ -182,18 +151,20 @@ mod tests {
         let base = unit_rows(nb, dim, 2);
         let mut nbr = vec![0u32; nq * k];
         let mut sim = vec![0f32; nq * k];
-        top_k(&queries, &base, dim, k, |q, b| q == b, &mut nbr, &mut sim);
-        let (mut serial_nbr, mut serial_sim) = (vec![0u32; nq * k], vec![0f32; nq * k]);
-        let skip = |q, b| q == b;
-        top_k_serial(
+        top_k(
             &queries,
             &base,
             dim,
             k,
-            skip,
-            &mut serial_nbr,
-            &mut serial_sim,
+            |q, b| q == b,
+            &mut nbr,
+            &mut sim,
+            true,
         );
+        let (mut serial_nbr, mut serial_sim) = (vec![0u32; nq * k], vec![0f32; nq * k]);
+        let skip = |q, b| q == b;
+        let (serial_n, serial_s) = (&mut serial_nbr, &mut serial_sim);
+        top_k(&queries, &base, dim, k, skip, serial_n, serial_s, false);
         assert_eq!(
             (&serial_nbr, &serial_sim),
             (&nbr, &sim),
@@ -220,7 +191,16 @@ mod tests {
         let base = unit_rows(2, dim, 4);
         let mut nbr = vec![0u32; 3 * 4];
         let mut sim = vec![0f32; 3 * 4];
-        top_k(&queries, &base, dim, 4, |_, _| false, &mut nbr, &mut sim);
+        top_k(
+            &queries,
+            &base,
+            dim,
+            4,
+            |_, _| false,
+            &mut nbr,
+            &mut sim,
+            true,
+        );
         for row in nbr.chunks_exact(4) {
             assert!(row[..2].iter().all(|&b| b < 2));
             assert_eq!(&row[2..], &[u32::MAX, u32::MAX]);

@@ -201,6 +201,7 @@ impl KnnGraph {
                 |q, b| q == b,
                 &mut graph.neighbours,
                 &mut graph.similarities,
+                true,
             );
             return Ok(graph);
         }
@@ -344,6 +345,7 @@ fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConf
         |_, _| false,
         &mut lists,
         &mut unused,
+        true,
     );
     drop(unused);
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); nlist];
@@ -393,7 +395,7 @@ fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConf
                 let (queries, base) = (&members[l], &stored[l]);
                 let mut nb = vec![0u32; queries.len() * k];
                 let mut sm = vec![0f32; queries.len() * k];
-                super::dense::top_k_serial(
+                super::dense::top_k(
                     &gather(queries),
                     &gather(base),
                     dim,
@@ -401,6 +403,7 @@ fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConf
                     |q, b| queries[q] == base[b],
                     &mut nb,
                     &mut sm,
+                    false,
                 );
                 for e in &mut nb {
                     *e = base.get(*e as usize).copied().unwrap_or(u32::MAX);
@@ -456,6 +459,7 @@ fn spherical_kmeans(sample: &[f32], dim: usize, nlist: usize, iters: u32) -> Vec
             |_, _| false,
             &mut best,
             &mut unused,
+            true,
         );
         let mut sums = vec![0f32; nlist * dim];
         for (row, &c) in sample.chunks_exact(dim).zip(&best) {
