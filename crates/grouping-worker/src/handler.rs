@@ -7,9 +7,9 @@
 //!    job role's GetObject-without-ListBucket a miss would be a 403);
 //! 3. group, number new persons from the stored next person number (ids are never reused);
 //! 4. write the person summaries (`groups/{gallery}/summaries/{run}.bin`, see below) and
-//!    `groups/{gallery}/{run}.json`, then commit the run pointer with both keys in MongoDB,
-//!    conditional on still holding the lease (which the commit releases, taking coalesced
-//!    requests);
+//!    `groups/{gallery}/{run}.json` (concurrently), then commit the run pointer with both keys
+//!    in MongoDB, conditional on still holding the lease (which the commit releases, taking
+//!    coalesced requests);
 //! 5. person ids on the faces, fenced by the run number, then `person_ids_run` on the gallery;
 //!    `latest.json` as a convenience copy for readers; the `gallery.grouped` event into the
 //!    outbox (`facegroup_worker::events`; a crash before it reruns the job, whose new run
@@ -18,8 +18,9 @@
 //! **Incremental jobs from summaries.** Step 2 of an incremental job does not read the gallery
 //! when the committed run left usable person summaries (`facegroup_core::group::incremental`,
 //! stored by `facegroup_worker::summaries`): it reads the summaries, the run JSON and only the
-//! faces no run has written yet (no `person_run`; an index range), files them with
-//! `assign_with_summaries`, and in step 5 writes person ids on those faces only. Usable means:
+//! faces no run has written yet (no `person_run`; an index range), all three concurrently,
+//! files them with `assign_with_summaries`, and in step 5 writes person ids on those faces
+//! only. Usable means:
 //! the commit names a summary object, `person_ids_run` is the committed run (otherwise faces
 //! of the committed run may still lack their `person_run` and would pass for new), the
 //! object's header names this gallery, run, model version and minimum quality, its persons are
