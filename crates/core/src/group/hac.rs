@@ -533,11 +533,7 @@ impl Queue {
         let b = ((order_key(c.linkage).saturating_sub(self.lo) >> self.shift) as usize)
             .min(self.buckets.len() - 1);
         self.buckets[b].push(c);
-        for x in [c.a, c.b] {
-            if let Some(q) = self.queued.get_mut(x as usize) {
-                *q = q.saturating_add(1);
-            }
-        }
+        count_queued(&mut self.queued, &c);
         self.top = self.top.max(b);
         self.len += 1;
         self.pushed += 1;
@@ -554,11 +550,7 @@ impl Queue {
             bucket.shrink_to_fit();
             self.len += bucket.len();
             for c in bucket.iter() {
-                for x in [c.a, c.b] {
-                    if let Some(q) = self.queued.get_mut(x as usize) {
-                        *q = q.saturating_add(1);
-                    }
-                }
+                count_queued(&mut self.queued, c);
             }
         }
         self.purged += before - self.len;
@@ -587,6 +579,15 @@ impl Queue {
 }
 
 const MAX_BUCKETS: usize = 1 << 16;
+
+/// Counts queued candidate `c` for both its clusters ([`Queue::queued`]).
+fn count_queued(queued: &mut [u32], c: &Candidate) {
+    for x in [c.a, c.b] {
+        if let Some(q) = queued.get_mut(x as usize) {
+            *q = q.saturating_add(1);
+        }
+    }
+}
 
 /// `f32::total_cmp`'s order as an unsigned key.
 fn order_key(x: f32) -> u32 {
