@@ -55,12 +55,17 @@
 //! ```
 //!
 //! Search and refinement are linear in `N`; training and assignment grow as `N^2` but with a
-//! `1 / list_size` factor. With the defaults (`list_size` 500, `T` 32, `I` 10, `s` 8, `f` 12):
-//! at 100k faces train 6.6e9, assign 1.0e10, search 2.0e11 multiply-adds; at 1M faces train
-//! 6.6e11, assign 1.0e12, search 2.0e12 (measured at 1M: 7 s, 12 s and 45 s, the search's
-//! small per-list products running at about half the speed of the large ones), so past a few
+//! `1 / list_size` factor. With the defaults (`list_size` 500, `T` 32, `I` 5, `s` 8, `f` 12):
+//! at 100k faces train 3.3e9, assign 1.0e10, search 2.0e11 multiply-adds; at 1M faces train
+//! 3.3e11, assign 1.0e12, search 2.2e12. The assignment runs in 8-bit integers
+//! ([`super::int8`]: AVX-512 VNNI does 4x the multiply-adds of `f32` per instruction, and a
+//! list choice needs a ranking, not exact cosines); the graph's edges are exact `f32`.
+//! Measured at 1M: train 4.4 s, assign 5.1 s, search 32 s (13.8 s assigning in `f32`, and
+//! 8.8 s training with 10 iterations, which bought no recall: 0.968 both ways). Past a few
 //! million the quadratic terms dominate and the GPU path or the sharded build of
-//! `docs/scale.md` takes over (a two-level quantizer would make them `N^1.5`; not done).
+//! `docs/scale.md` takes over. A two-level quantizer (centroids grouped under `sqrt(L)` coarse
+//! ones) was tried for the assignment: on the bench's uniformly spread persons the centroids
+//! have no coarse structure to exploit and recall fell to 0.64.
 //! Measured figures: `docs/scale.md`. Memory: the embeddings (`N d` floats, never copied), the
 //! graph (`N k` x 8 bytes, refined in place, [`REFINE_BLOCK`] rows at a time) and the vectors
 //! of the lists being searched ([`LISTS_PER_ROUND`] lists at a time, in parallel: one list is too
@@ -138,8 +143,9 @@ const TRAIN_PER_LIST: usize = 32;
 const SPILL: usize = 8;
 const REFINE_ROUNDS: usize = 2;
 const REFINE_FANOUT: usize = 12;
-/// k-means iterations of the partitioned search.
-const TRAIN_ITERS: u32 = 10;
+/// k-means iterations of the partitioned search (10 gave the same 1M-face recall, 0.968, in
+/// twice the training time).
+const TRAIN_ITERS: u32 = 5;
 /// Lists searched in parallel by the partitioned search.
 const LISTS_PER_ROUND: usize = 16;
 
@@ -336,18 +342,8 @@ fn partitioned_graph(data: &[f32], dim: usize, n: usize, k: usize, cfg: &KnnConf
 
     let started = std::time::Instant::now();
     let mut lists = vec![0u32; n * spill];
-    let mut unused = vec![0f32; n * spill];
-    super::dense::top_k(
-        data,
-        &centroids,
-        dim,
-        spill,
-        |_, _| false,
-        &mut lists,
-        &mut unused,
-        true,
-    );
-    drop(unused);
+    let quantised = super::int8::Centroids::new(&centroids, dim);
+    super::int8::nearest(data, dim, &quantised, spill, &mut lists);
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); nlist];
     let mut stored: Vec<Vec<u32>> = vec![Vec::new(); nlist];
     for (i, row) in lists.chunks_exact(spill).enumerate() {

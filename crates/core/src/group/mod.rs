@@ -38,6 +38,7 @@ pub mod corrections;
 mod dense;
 pub mod hac;
 pub mod incremental;
+mod int8;
 pub mod knn;
 mod memory;
 #[cfg(feature = "eval")]
