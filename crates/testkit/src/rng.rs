@@ -33,6 +33,11 @@ impl Rng {
     pub fn unit(&mut self, dim: usize) -> Vec<f32> {
         normalise((0..dim).map(|_| self.gaussian()).collect())
     }
+
+    /// `n` random directions in `dim` dimensions, row-major.
+    pub fn unit_rows(&mut self, n: usize, dim: usize) -> Vec<f32> {
+        (0..n).flat_map(|_| self.unit(dim)).collect()
+    }
 }
 
 /// `v` scaled to unit length.

@@ -220,8 +220,7 @@ mod tests {
     use super::*;
 
     fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut rng = facegroup_testkit::Rng::new(seed);
-        (0..n).flat_map(|_| rng.unit(dim)).collect()
+        facegroup_testkit::Rng::new(seed).unit_rows(n, dim)
     }
 
     #[test]
