@@ -1,13 +1,14 @@
-//! Nearest centroids in 8-bit integers: the k-means training and list assignment of the
-//! partitioned kNN search ([`super::knn`]).
+//! Nearest centroids in 8-bit integers: the list assignment of the partitioned kNN search
+//! ([`super::knn`]).
 //!
-//! Why: those two are the search's only terms that grow as `N^2` (each face against
-//! `N / list_size` centroids), 21 of a 1M-face graph's 62 s in `f32`, and the `f32` products
+//! Why: the assignment is one of the search's two terms that grow as `N^2` (each face against
+//! `N / list_size` centroids), 13.8 of a 1M-face graph's 62 s in `f32`, and the `f32` products
 //! already run at the machine's multiply-add peak. Which lists a face goes to needs a ranking
 //! of centroids, not exact cosines (a face in a slightly worse list is found by the spill and
 //! the refinement), so 8-bit vectors serve, and AVX-512 VNNI's `vpdpbusd` does 64 of their
 //! multiply-adds per instruction where `f32` FMA does 16. The graph's own edges stay exact
-//! `f32` ([`super::dense`]).
+//! `f32` ([`super::dense`]), and so does the k-means training (in 8 bits it cost recall:
+//! `docs/scale.md`).
 //!
 //! Quantisation is per vector and symmetric: `q = round(x / s)` with `s = max |x| / 127`.
 //! `vpdpbusd` multiplies unsigned by signed bytes, so centroids are stored offset by 128
@@ -30,10 +31,8 @@ const TASK_ROWS: usize = 512;
 /// Centroids quantised once and laid out for the kernel, searched by many faces.
 pub(crate) struct Centroids {
     /// Groups of [`LANES`] centroids; in each, for every 4 dimensions, the 16 centroids' 4
-    /// offset bytes side by side (64 bytes, one register). Padding centroids are all 128.
+    /// offset bytes side by side (64 bytes, one register; [`word_at`]). Padding is all 128.
     packed: Vec<u8>,
-    /// The same offset bytes row by row, for the portable loop.
-    rows: Vec<u8>,
     scale: Vec<f32>,
     n: usize,
     /// Dimensions padded to a multiple of 4.
@@ -45,32 +44,34 @@ impl Centroids {
     pub(crate) fn new(centroids: &[f32], dim: usize) -> Self {
         let n = centroids.len() / dim.max(1);
         let dim4 = dim.div_ceil(4) * 4;
-        let mut rows = vec![128u8; n * dim4];
+        let mut packed = vec![128u8; n.div_ceil(LANES) * LANES * dim4];
         let mut scale = vec![0f32; n];
+        let mut q = vec![0i8; dim];
         for (c, row) in centroids.chunks_exact(dim).enumerate() {
-            let mut q = vec![0i8; dim];
             scale[c] = quantise(row, &mut q);
-            for (u, &q) in rows[c * dim4..].iter_mut().zip(&q) {
-                *u = (q as i16 + 128) as u8;
-            }
-        }
-        let groups = n.div_ceil(LANES);
-        let mut packed = vec![128u8; groups * LANES * dim4];
-        for c in 0..n {
-            let (g, lane) = (c / LANES, c % LANES);
-            for k4 in 0..dim4 / 4 {
-                let at = (g * dim4 / 4 + k4) * LANES * 4 + lane * 4;
-                packed[at..at + 4].copy_from_slice(&rows[c * dim4 + k4 * 4..c * dim4 + k4 * 4 + 4]);
+            for (d, &q) in q.iter().enumerate() {
+                packed[word_at(c / LANES, d / 4, dim4) + (c % LANES) * 4 + d % 4] =
+                    (q as i16 + 128) as u8;
             }
         }
         Self {
             packed,
-            rows,
             scale,
             n,
             dim4,
         }
     }
+
+    /// Centroids rounded up to whole lane groups: the row length of the raw score buffer.
+    fn width(&self) -> usize {
+        self.n.div_ceil(LANES) * LANES
+    }
+}
+
+/// Where lane group `g`'s 64 bytes for dimensions `4 k4 .. 4 k4 + 4` start in
+/// [`Centroids::packed`].
+fn word_at(g: usize, k4: usize, dim4: usize) -> usize {
+    (g * dim4 / 4 + k4) * LANES * 4
 }
 
 /// For every row of `queries` (`dim` floats each), the `k` centroids with the highest
@@ -95,23 +96,15 @@ pub(crate) fn nearest(
         .for_each(|(task, out)| {
             let q0 = task * TASK_ROWS;
             let rows = out.len() / k;
+            let width = centroids.width();
             let mut scores = vec![f32::NEG_INFINITY; k];
-            let mut raw = vec![0i32; TILE_ROWS * centroids.n.div_ceil(LANES) * LANES];
+            let mut raw = vec![0i32; TILE_ROWS * width];
             let mut tile = vec![0i8; TILE_ROWS * centroids.dim4];
-            let mut q = vec![0i8; dim];
             for t0 in (0..rows).step_by(TILE_ROWS) {
                 let t1 = (t0 + TILE_ROWS).min(rows);
-                tile.fill(0);
-                let mut face = [(0f32, 0i32); TILE_ROWS];
-                for r in t0..t1 {
-                    let x = &queries[(q0 + r) * dim..(q0 + r + 1) * dim];
-                    let s = quantise(x, &mut q);
-                    let at = (r - t0) * centroids.dim4;
-                    tile[at..at + dim].copy_from_slice(&q);
-                    face[r - t0] = (s, q.iter().map(|&v| v as i32).sum::<i32>() * 128);
-                }
+                let x = &queries[(q0 + t0) * dim..(q0 + t1) * dim];
+                let face = quantise_tile(x, dim, centroids.dim4, &mut tile);
                 raw_scores(&tile, centroids, vnni, &mut raw);
-                let width = centroids.n.div_ceil(LANES) * LANES;
                 for r in t0..t1 {
                     let (s_face, offset) = face[r - t0];
                     let nb = &mut out[r * k..(r + 1) * k];
@@ -136,6 +129,27 @@ fn has_vnni() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// Quantises up to [`TILE_ROWS`] faces (`dim` floats each) into `tile` (`dim4` bytes a face,
+/// zero padding; unused faces all zero) and returns each face's `(s, 128 * sum(q))`.
+fn quantise_tile(
+    faces: &[f32],
+    dim: usize,
+    dim4: usize,
+    tile: &mut [i8],
+) -> [(f32, i32); TILE_ROWS] {
+    tile.fill(0);
+    let mut out = [(0f32, 0i32); TILE_ROWS];
+    for ((x, q), out) in faces
+        .chunks_exact(dim)
+        .zip(tile.chunks_exact_mut(dim4))
+        .zip(&mut out)
+    {
+        let s = quantise(x, &mut q[..dim]);
+        *out = (s, q.iter().map(|&v| v as i32).sum::<i32>() * 128);
+    }
+    out
 }
 
 /// `q = round(x / s)`, `s = max |x| / 127`; returns `s` (0 for a zero vector).
@@ -164,10 +178,21 @@ fn raw_scores(tile: &[i8], centroids: &Centroids, vnni: bool, raw: &mut [i32]) {
         return;
     }
     let _ = vnni;
-    let width = centroids.n.div_ceil(LANES) * LANES;
-    for (r, face) in tile.chunks_exact(centroids.dim4).enumerate() {
-        for (c, u) in centroids.rows.chunks_exact(centroids.dim4).enumerate() {
-            raw[r * width + c] = face.iter().zip(u).map(|(&f, &u)| f as i32 * u as i32).sum();
+    let (dim4, width) = (centroids.dim4, centroids.width());
+    for (r, face) in tile.chunks_exact(dim4).enumerate() {
+        for c in 0..centroids.n {
+            let lane = (c % LANES) * 4;
+            raw[r * width + c] = face
+                .chunks_exact(4)
+                .enumerate()
+                .map(|(k4, f)| {
+                    let at = word_at(c / LANES, k4, dim4) + lane;
+                    f.iter()
+                        .zip(&centroids.packed[at..at + 4])
+                        .map(|(&f, &u)| f as i32 * u as i32)
+                        .sum::<i32>()
+                })
+                .sum();
         }
     }
 }
@@ -177,8 +202,8 @@ fn raw_scores(tile: &[i8], centroids: &Centroids, vnni: bool, raw: &mut [i32]) {
 unsafe fn raw_scores_vnni(tile: &[i8], centroids: &Centroids, raw: &mut [i32]) {
     use std::arch::x86_64::*;
     let dim4 = centroids.dim4;
-    let groups = centroids.n.div_ceil(LANES);
-    let width = groups * LANES;
+    let width = centroids.width();
+    let groups = width / LANES;
     assert!(tile.len() >= TILE_ROWS * dim4);
     assert!(centroids.packed.len() >= groups * LANES * dim4);
     assert!(raw.len() >= TILE_ROWS * width);
@@ -195,7 +220,7 @@ unsafe fn raw_scores_vnni(tile: &[i8], centroids: &Centroids, raw: &mut [i32]) {
         for k4 in 0..dim4 / 4 {
             let mut cents = [_mm512_setzero_si512(); 2];
             for (p, c) in cents.iter_mut().enumerate().take(pair) {
-                let at = ((g + p) * dim4 / 4 + k4) * LANES * 4;
+                let at = word_at(g + p, k4, dim4);
                 *c = _mm512_loadu_si512(centroids.packed[at..at + 64].as_ptr().cast());
             }
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -229,14 +254,9 @@ mod tests {
         // last word.
         let dim = 99;
         let cents = Centroids::new(&unit_rows(37, dim, 1), dim);
-        let faces = unit_rows(TILE_ROWS, dim, 2);
         let mut tile = vec![0i8; TILE_ROWS * cents.dim4];
-        let mut q = vec![0i8; dim];
-        for (r, x) in faces.chunks_exact(dim).enumerate() {
-            quantise(x, &mut q);
-            tile[r * cents.dim4..r * cents.dim4 + dim].copy_from_slice(&q);
-        }
-        let width = cents.n.div_ceil(LANES) * LANES;
+        quantise_tile(&unit_rows(TILE_ROWS, dim, 2), dim, cents.dim4, &mut tile);
+        let width = cents.width();
         let mut portable = vec![0i32; TILE_ROWS * width];
         let mut fast = vec![0i32; TILE_ROWS * width];
         raw_scores(&tile, &cents, false, &mut portable);
